@@ -1,0 +1,163 @@
+"""The `voxdial` command.
+
+    voxdial serve     the media server (TwiML webhook, media streams, metrics)
+
+With no `VOXDIAL_LLM_BASE_URL`, `serve` starts the local LLM stand-in in the
+same process and says so: no model is reachable offline, so the agent's
+answers come from a script until a real OpenAI-compatible endpoint is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+import aiohttp
+from aiohttp import web
+
+from voice import logs
+from voice.settings import Settings, SettingsError
+
+log = logging.getLogger("voxdial")
+
+OFFLINE_SCRIPT = {
+    "rules": [
+        {
+            "pattern": r"\b(bye|goodbye|that's all)\b",
+            "reply": "Thanks for your time. Goodbye!",
+            "tool_calls": [{"name": "end_call", "arguments": {"outcome": "completed"}}],
+        },
+        {
+            "pattern": r"\b(appointment|book|schedule|meeting)\b",
+            "reply": "Sure. I can book that for you. Which day works best?",
+        },
+        {
+            "pattern": r"\b(monday|tuesday|wednesday|thursday|friday)\b",
+            "reply": "Great, I have noted that day. Is there anything else?",
+        },
+        {"pattern": r"\bkeypad\b", "reply": "Thanks, I got the digits you pressed."},
+        {
+            "pattern": r"\b(who|what) (is|are) (this|you)\b",
+            "reply": "I'm an automated assistant calling on behalf of the team.",
+        },
+    ],
+    "default_reply": "I see. Could you tell me a little more about that?",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="voxdial", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the media server")
+    serve.add_argument("--host", help="override VOXDIAL_HOST")
+    serve.add_argument("--port", type=int, help="override VOXDIAL_PORT")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"voxdial: invalid setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    if args.host:
+        settings = replace(settings, host=args.host)
+    if args.port is not None:
+        settings = replace(settings, port=args.port)
+    logs.setup(settings.log_level)
+    if args.command == "serve":
+        asyncio.run(serve_forever(settings))
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
+    """Everything `serve` runs, started, and stopped again on exit."""
+    # Imported here so `voxdial --help` and bad settings answer at once.
+    from pipelines.llm import ChatClient, LLMConfig
+    from pipelines.llm_standin import Script, StandinServer
+    from pipelines.models import shared_models
+    from pipelines.record import FileCallSink
+    from voice.calls import CallDirectory
+    from voice.metrics import Metrics
+    from voice.server import Services, call_config, create_app
+    from voice.twilio_rest import TwilioRest
+
+    started = time.monotonic()
+    models = await asyncio.to_thread(
+        shared_models,
+        stt_beam_size=settings.stt_beam_size,
+        stt_threads=settings.stt_threads,
+        stt_workers=settings.stt_workers,
+        tts_workers=settings.tts_workers,
+        tts_speed=settings.tts_speed,
+        smart_turn=settings.smart_turn,
+    )
+    log.info("models ready in %.1f s", time.monotonic() - started)
+
+    standin: StandinServer | None = None
+    base_url = settings.llm_base_url
+    if not base_url:
+        standin = StandinServer(Script.from_dict(OFFLINE_SCRIPT))
+        await standin.start()
+        base_url = standin.base_url
+        log.warning(
+            "no VOXDIAL_LLM_BASE_URL: the agent's answers come from the local "
+            "scripted LLM stand-in at %s, not a real model",
+            base_url,
+        )
+    session = aiohttp.ClientSession()
+    llm = ChatClient(
+        LLMConfig(
+            base_url=base_url,
+            api_key=settings.llm_api_key,
+            model=settings.llm_model,
+            timeout_s=settings.llm_timeout_s,
+            temperature=settings.llm_temperature,
+            max_tokens=settings.llm_max_tokens,
+        ),
+        session=session,
+    )
+    rest = TwilioRest(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        base_url=settings.twilio_api_base,
+        session=session,
+    )
+    services = Services(
+        settings=settings,
+        models=models,
+        llm=llm,
+        rest=rest,
+        sink=FileCallSink(settings.data_dir / "calls"),
+        metrics=Metrics(),
+        directory=CallDirectory(),
+        call_config=call_config(settings),
+    )
+    runner = web.AppRunner(create_app(services), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+        await session.close()
+        if standin is not None:
+            await standin.stop()
+
+
+async def serve_forever(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_server(settings) as runner:
+        for address in runner.addresses:
+            log.info("voxdial serving on %s (webhook: POST /twilio/voice)", address)
+        await stop.wait()
+        log.info("shutting down")

@@ -1,0 +1,175 @@
+"""The media server's HTTP surface (aiohttp).
+
+    POST /twilio/voice    TwiML for an answered call: connect its media stream
+    GET  /twilio/stream   the media stream websocket
+    GET  /healthz         liveness: models loaded, calls in progress
+    GET  /metrics         Prometheus text format
+
+Every Twilio request is checked against `X-Twilio-Signature` unless the
+`validate_signatures` setting is off (development only; logged loudly).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from pipelines.call import CallConfig
+from pipelines.llm import ChatClient
+from pipelines.models import Models
+from pipelines.record import CallSink
+from pipelines.turns import TurnParams
+from pipelines.vad import VadParams
+from voice.calls import CallDirectory, ExpectedCall
+from voice.metrics import Metrics
+from voice.settings import Settings
+from voice.signature import SIGNATURE_HEADER, public_url, validate, validate_upgrade
+from voice.stream import StreamSession
+from voice.twilio_rest import TwilioRest
+from voice.twiml import connect_stream_twiml
+
+log = logging.getLogger("voxdial.server")
+
+STREAM_PATH = "/twilio/stream"
+FIELD_PREFIX = "field."
+
+
+@dataclass
+class Services:
+    """What every request handler shares: one of each per process."""
+
+    settings: Settings
+    models: Models
+    llm: ChatClient
+    rest: TwilioRest
+    sink: CallSink
+    metrics: Metrics
+    directory: CallDirectory
+    call_config: CallConfig
+
+
+def call_config(settings: Settings) -> CallConfig:
+    """The per-call pipeline knobs, from the settings."""
+    return CallConfig(
+        vad=VadParams(
+            threshold=settings.vad_threshold,
+            start_ms=settings.vad_start_ms,
+            stop_ms=settings.vad_stop_ms,
+        ),
+        turns=TurnParams(
+            silence_ms=settings.turn_silence_ms,
+            smart_turn=settings.smart_turn,
+            smart_turn_after_ms=settings.smart_turn_silence_ms,
+            barge_in_ms=settings.barge_in_min_speech_ms,
+        ),
+        smart_turn_threshold=settings.smart_turn_threshold,
+        playout_lead_ms=settings.playout_lead_ms,
+        recording_dir=settings.data_dir / "recordings"
+        if settings.record_calls
+        else None,
+    )
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def create_app(services: Services) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[SERVICES] = services
+    app.router.add_post("/twilio/voice", twiml_webhook)
+    app.router.add_get(STREAM_PATH, media_stream)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    if not services.settings.validate_signatures:
+        log.warning(
+            "Twilio signature validation is OFF (VOXDIAL_VALIDATE_SIGNATURES=false): "
+            "anyone who can reach this server can start calls. Development only."
+        )
+    return app
+
+
+def _stream_url(settings: Settings, request: web.Request) -> str:
+    """The wss:// URL of the media stream, as the TwiML gives it to Twilio."""
+    base = public_url(str(request.url), request.headers, settings.public_url or None)
+    parts = urlsplit(base)
+    scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
+    return urlunsplit((scheme, parts.netloc, STREAM_PATH, "", ""))
+
+
+async def twiml_webhook(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    settings = services.settings
+    form = await request.post()
+    if settings.validate_signatures:
+        url = public_url(str(request.url), request.headers, settings.public_url or None)
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        params = {k: str(v) for k, v in form.items()}
+        if not validate(settings.twilio_auth_token, url, params, signature):
+            services.metrics.errors.inc(1.0, "bad_signature")
+            raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
+    call_sid = str(form.get("CallSid", ""))
+    if not call_sid:
+        raise web.HTTPBadRequest(text="CallSid is missing from the webhook form")
+    query = request.query
+    expected = ExpectedCall(
+        call_id=query.get("call_id") or uuid.uuid4().hex[:16],
+        call_sid=call_sid,
+        lead_id=query.get("lead_id", ""),
+        campaign_id=query.get("campaign_id", ""),
+        fields={
+            k[len(FIELD_PREFIX) :]: v
+            for k, v in query.items()
+            if k.startswith(FIELD_PREFIX)
+        },
+    )
+    nonce = services.directory.register(expected)
+    body = connect_stream_twiml(
+        _stream_url(settings, request),
+        {
+            "call_id": expected.call_id,
+            "lead_id": expected.lead_id,
+            "campaign_id": expected.campaign_id,
+            "nonce": nonce,
+        },
+    )
+    return web.Response(text=body, content_type="text/xml")
+
+
+async def media_stream(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    settings = services.settings
+    if settings.validate_signatures:
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        if not validate_upgrade(
+            settings.twilio_auth_token, _stream_url(settings, request), signature
+        ):
+            services.metrics.errors.inc(1.0, "bad_signature")
+            raise web.HTTPForbidden(
+                text="invalid X-Twilio-Signature on the stream upgrade"
+            )
+    # aiohttp refuses frames above this outright (close 1009); smaller frames
+    # above max_frame_bytes are dropped one by one by the protocol instead.
+    ws = web.WebSocketResponse(max_msg_size=4 * settings.max_frame_bytes, autoping=True)
+    await ws.prepare(request)
+    await StreamSession(ws, services).run()
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    active = services.metrics.active_calls.value()
+    return web.json_response({"status": "ok", "active_calls": int(active)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[SERVICES].metrics.render()
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )

@@ -1,0 +1,257 @@
+"""One Twilio media stream: the websocket loop around a call's pipeline.
+
+The loop reads frames, lets `StreamProtocol` turn them into events and hands
+those to the call. It owns the stream's hygiene: bad frames are counted by
+the protocol and the stream is closed with its close code past the limit; a
+stream that goes quiet for `media_timeout_s` (a half-open TCP connection) is
+torn down by a watchdog; however the stream ends, the call is closed, its
+tasks and files released and its record stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from pipelines.call import Agent, Call
+from pipelines.record import CallRecord
+from voice.calls import ExpectedCall
+from voice.errors import TwilioError
+from voice.twilio_protocol import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    Dtmf,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    StreamProtocol,
+)
+
+if TYPE_CHECKING:
+    from voice.server import Services
+
+log = logging.getLogger("voxdial.stream")
+
+RESERVED_PARAMETERS = frozenset({"call_id", "lead_id", "campaign_id", "nonce"})
+CLOSE_GOING_AWAY = 1001
+
+
+class CallLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger that prefixes every line with the call id."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[{extra.get('call_id', '-')}] {msg}", kwargs
+
+
+class MetricsObserver:
+    """Adapts the server's metrics to what a call reports."""
+
+    def __init__(self, services: Services) -> None:
+        self._m = services.metrics
+
+    def frame_out(self) -> None:
+        self._m.frames_out.inc()
+
+    def late_frame(self) -> None:
+        self._m.late_frames_out.inc()
+
+    def barge_in(self, seconds: float) -> None:
+        self._m.barge_ins.inc()
+        self._m.barge_in_latency.observe(seconds)
+
+    def turn_latency(self, stage: str, seconds: float) -> None:
+        self._m.turn_latency.observe(seconds, stage)
+
+    def error(self, kind: str) -> None:
+        self._m.errors.inc(1.0, kind)
+
+
+class StreamSession:
+    """Runs one websocket from `connected` to close."""
+
+    def __init__(self, ws: web.WebSocketResponse, services: Services) -> None:
+        self.ws = ws
+        self.services = services
+        settings = services.settings
+        self.log = CallLog(log, {"call_id": "-"})
+        self.protocol = StreamProtocol(
+            self.log,
+            max_frame_bytes=settings.max_frame_bytes,
+            max_bad_frames=settings.max_bad_frames,
+        )
+        self.call: Call | None = None
+        self.end_reason = "stream_closed"
+        self._last_message = time.monotonic()
+        self._hung_up = False
+
+    # CallIO: the only three messages we send, plus hanging up.
+
+    async def send_media(self, payload: bytes) -> None:
+        await self._send(self.protocol.media(payload))
+
+    async def send_mark(self, name: str) -> None:
+        await self._send(self.protocol.mark(name))
+
+    async def send_clear(self) -> None:
+        await self._send(self.protocol.clear())
+
+    async def _send(self, text: str) -> None:
+        if self.ws.closed:
+            return
+        try:
+            await self.ws.send_str(text)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            self.log.debug("send on a closing stream dropped")
+
+    async def hang_up(self) -> None:
+        """End the call at Twilio, then close the stream."""
+        self._hung_up = True
+        start = self.protocol.start
+        rest = self.services.rest
+        if rest.configured and start is not None and start.call_sid:
+            try:
+                live = await rest.hang_up(start.call_sid)
+                if not live:
+                    self.log.info("hang-up: the call had already ended")
+            except TwilioError as exc:
+                self.services.metrics.errors.inc(1.0, "twilio_rest")
+                self.log.warning("%s", exc)
+        await self.ws.close(code=CLOSE_NORMAL)
+
+    # The loop.
+
+    async def run(self) -> None:
+        metrics = self.services.metrics
+        watchdog = asyncio.create_task(self._watch(), name="watchdog")
+        try:
+            async for message in self.ws:
+                self._last_message = time.monotonic()
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    event = self.protocol.receive_text(message.data)
+                elif message.type is aiohttp.WSMsgType.BINARY:
+                    self.protocol.receive_bytes(message.data)
+                    event = None
+                else:
+                    break
+                if self.protocol.should_close:
+                    self.end_reason = "bad_frames"
+                    await self.ws.close(
+                        code=self.protocol.close_code or CLOSE_POLICY_VIOLATION
+                    )
+                    break
+                if isinstance(event, Media):
+                    metrics.frames_in.inc()
+                    if self.call is not None:
+                        self.call.on_media(event.payload)
+                elif isinstance(event, Mark):
+                    if self.call is not None:
+                        self.call.on_mark(event.name)
+                elif isinstance(event, Dtmf):
+                    if self.call is not None:
+                        self.call.on_dtmf(event.digit)
+                elif isinstance(event, Start):
+                    if not await self._start_call(event):
+                        break
+                elif isinstance(event, Stop):
+                    self.end_reason = "caller_hung_up"
+                    break
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+            await self._finish()
+
+    async def _watch(self) -> None:
+        """Tear the stream down when it stops sending (half-open TCP)."""
+        timeout = self.services.settings.media_timeout_s
+        while not self.ws.closed:
+            await asyncio.sleep(min(1.0, timeout / 2))
+            if time.monotonic() - self._last_message > timeout:
+                self.end_reason = "media_timeout"
+                self.log.warning("no media for %.1f s: closing the stream", timeout)
+                await self.ws.close(code=CLOSE_GOING_AWAY)
+                return
+
+    async def _start_call(self, start: Start) -> bool:
+        services = self.services
+        settings = services.settings
+        params = start.custom_parameters
+        expected = services.directory.claim(params.get("nonce", ""))
+        if expected is None:
+            if settings.validate_signatures:
+                self.log.warning("stream start with an unknown or used nonce: refused")
+                self.end_reason = "bad_nonce"
+                await self.ws.close(
+                    code=CLOSE_POLICY_VIOLATION, message=b"unknown nonce"
+                )
+                return False
+            # Development mode: the caller's own parameters describe the call.
+            fields = {k: v for k, v in params.items() if k not in RESERVED_PARAMETERS}
+            expected = ExpectedCall(
+                call_id=params.get("call_id") or uuid.uuid4().hex[:16],
+                call_sid=start.call_sid,
+                lead_id=params.get("lead_id", ""),
+                campaign_id=params.get("campaign_id", ""),
+                fields=fields,
+            )
+        self.log.extra = {"call_id": expected.call_id}
+        record = CallRecord(
+            call_id=expected.call_id,
+            call_sid=start.call_sid,
+            stream_sid=start.stream_sid,
+            lead_id=expected.lead_id,
+            campaign_id=expected.campaign_id,
+        )
+        agent = Agent(settings.agent_system_prompt, settings.agent_greeting)
+        self.call = Call(
+            record=record,
+            models=services.models,
+            llm=services.llm,
+            io=self,
+            agent=agent,
+            fields=expected.fields,
+            config=services.call_config,
+            observer=MetricsObserver(services),
+            log=self.log,
+        )
+        services.metrics.active_calls.inc()
+        self.log.info("call started (stream %s)", start.stream_sid)
+        await self.call.start()
+        return True
+
+    async def _finish(self) -> None:
+        if not self.ws.closed:
+            await self.ws.close(code=CLOSE_NORMAL)
+        call, self.call = self.call, None
+        if call is None:
+            return
+        reason = "agent_hung_up" if self._hung_up else self.end_reason
+        record = await call.close(reason)
+        record.bad_frames = dict(self.protocol.bad_frames)
+        metrics = self.services.metrics
+        metrics.active_calls.dec()
+        metrics.calls_total.inc(1.0, record.end_reason)
+        for kind, count in self.protocol.bad_frames.items():
+            metrics.bad_frames.inc(count, kind)
+        self.log.info(
+            "call ended: %s, %d turns, %d barge-ins, outcome %s",
+            record.end_reason,
+            len(record.transcript),
+            record.barge_ins,
+            record.outcome or "-",
+        )
+        try:
+            await self.services.sink.save(record)
+        except OSError as exc:
+            metrics.errors.inc(1.0, "sink")
+            self.log.error("could not store the call record: %s", exc)
