@@ -19,6 +19,7 @@ barge-in, the agent's turn is cut to the words that had played.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -38,8 +39,14 @@ from pipelines.audio import (
     ulaw_to_pcm,
 )
 from pipelines.errors import PipelineError
-from pipelines.llm import ChatClient, Done, SentenceSplitter, TextDelta, ToolCall
-from pipelines.llm import render_template
+from pipelines.llm import (
+    ChatClient,
+    LLMEvent,
+    SentenceSplitter,
+    TextDelta,
+    ToolCall,
+    render_template,
+)
 from pipelines.models import Models
 from pipelines.playout import Media, Playout
 from pipelines.record import CallRecord, StereoRecorder, Turn, TurnLatency
@@ -368,6 +375,7 @@ class Call:
         self._playout.start_turn()
         self._reply = reply
         self._reply_task = asyncio.create_task(self._produce(reply, text), name="reply")
+        self._reply_task.add_done_callback(self._task_done)
 
     async def _produce(self, reply: _Reply, text: str | None) -> None:
         try:
@@ -389,21 +397,24 @@ class Call:
     async def _generate(self, reply: _Reply) -> None:
         splitter = SentenceSplitter()
         tools = list(self._agent.tools) or None
-        async for event in self._llm.stream(self._context, tools):
-            if isinstance(event, TextDelta):
-                if reply.latency.llm_first_token_s is None:
-                    reply.latency.llm_first_token_s = (
-                        time.monotonic() - reply.speech_end
-                    )
-                for sentence in splitter.push(event.text):
-                    await self._speak(reply, sentence)
-            elif isinstance(event, ToolCall):
-                self._on_tool_call(reply, event)
-            elif isinstance(event, Done):
-                break
+        events = self._llm.stream(self._context, tools, log=self._log)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                await self._on_llm_event(reply, splitter, event)
         rest = splitter.flush()
         if rest:
             await self._speak(reply, rest)
+
+    async def _on_llm_event(
+        self, reply: _Reply, splitter: SentenceSplitter, event: LLMEvent
+    ) -> None:
+        if isinstance(event, TextDelta):
+            if reply.latency.llm_first_token_s is None:
+                reply.latency.llm_first_token_s = time.monotonic() - reply.speech_end
+            for sentence in splitter.push(event.text):
+                await self._speak(reply, sentence)
+        elif isinstance(event, ToolCall):
+            self._on_tool_call(reply, event)
 
     def _on_tool_call(self, reply: _Reply, call: ToolCall) -> None:
         if call.name != "end_call":
@@ -539,6 +550,16 @@ class Call:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A task of the call died of a bug: count it, log it, keep the call."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._observer.error("internal")
+        self.record.errors.append(f"internal: {exc!r}")
+        self._log.error("%s task failed", task.get_name(), exc_info=exc)
 
     def _fault(self, kind: str, exc: BaseException) -> None:
         self._observer.error(kind)

@@ -39,7 +39,7 @@ class TurnParams:
     silence_ms: int = 700
     smart_turn: bool = True
     smart_turn_after_ms: int = 300
-    barge_in_ms: int = 240
+    barge_in_ms: int = 200
     max_turn_ms: int = 30_000
 
 

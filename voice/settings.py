@@ -99,7 +99,7 @@ class Settings:
     smart_turn_threshold: float = field(default=0.5, metadata=_unit())
 
     # Barge-in and playout.
-    barge_in_min_speech_ms: int = field(default=300, metadata=_positive())
+    barge_in_min_speech_ms: int = field(default=200, metadata=_positive())
     playout_lead_ms: int = field(
         default=160, metadata=_check(lambda v: 20 <= v <= 1000, "must be 20..1000")
     )

@@ -115,19 +115,19 @@ class StreamSession:
             self.log.debug("send on a closing stream dropped")
 
     async def hang_up(self) -> None:
-        """End the call at Twilio, then close the stream."""
+        """End the call at Twilio, then close the stream, whatever Twilio says."""
         self._hung_up = True
         start = self.protocol.start
         rest = self.services.rest
-        if rest.configured and start is not None and start.call_sid:
-            try:
-                live = await rest.hang_up(start.call_sid)
-                if not live:
+        try:
+            if rest.configured and start is not None and start.call_sid:
+                if not await rest.hang_up(start.call_sid):
                     self.log.info("hang-up: the call had already ended")
-            except TwilioError as exc:
-                self.services.metrics.errors.inc(1.0, "twilio_rest")
-                self.log.warning("%s", exc)
-        await self.ws.close(code=CLOSE_NORMAL)
+        except TwilioError as exc:
+            self.services.metrics.errors.inc(1.0, "twilio_rest")
+            self.log.warning("%s", exc)
+        finally:
+            await self.ws.close(code=CLOSE_NORMAL)
 
     # The loop.
 

@@ -8,6 +8,7 @@ answers in Twilio's shape.
 
 from __future__ import annotations
 
+import base64
 import logging
 
 import aiohttp
@@ -32,7 +33,8 @@ class TwilioRest:
         timeout_s: float = 10.0,
     ) -> None:
         self._account_sid = account_sid
-        self._auth = aiohttp.BasicAuth(account_sid, auth_token)
+        credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {credentials}"}
         self._base = base_url.rstrip("/")
         self._session = session
         self._owns_session = session is None
@@ -59,7 +61,7 @@ class TwilioRest:
             async with self._client().post(
                 url,
                 data={"Status": "completed"},
-                auth=self._auth,
+                headers=self._headers,
                 timeout=self._timeout,
             ) as response:
                 if response.status == 404:

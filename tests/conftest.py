@@ -1,0 +1,194 @@
+"""Shared fixtures: the real models (loaded once), and a real server on loopback.
+
+`voxdial` runs here exactly as in production: a real aiohttp server on a real
+port, the real models, the real LLM client talking to the scripted stand-in
+over HTTP, the real Twilio REST client talking to the Twilio stand-in, and a
+real websocket client (the caller simulator) speaking Twilio's protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+from pipelines.llm import ChatClient, LLMConfig
+from pipelines.llm_standin import Script, StandinServer
+from pipelines.record import FileCallSink
+from voice.calls import CallDirectory
+from voice.metrics import Metrics
+from voice.server import Services, call_config, create_app
+from voice.settings import Settings
+from voice.twilio_rest import TwilioRest
+from voice.twilio_standin import TwilioStandin
+
+CALLER_PHRASES = {
+    "appointment": "I would like to book an appointment for next Tuesday.",
+    "story": "Can you tell me about your opening hours please?",
+    "goodbye": "No thank you, that is all. Goodbye.",
+    "fail": "Please explain the cancellation policy.",
+    "interrupt": "Excuse me I have a question about the price.",
+}
+
+LONG_REPLY = (
+    "Our clinic opens at eight in the morning on weekdays and closes at six. "
+    "On Saturdays we open at nine and close at one in the afternoon. "
+    "We are closed on Sundays and on public holidays, but the phone line stays "
+    "open for urgent questions. Parking is free for patients behind the building."
+)
+
+TEST_SCRIPT = {
+    "rules": [
+        {"pattern": "appointment", "reply": "Sure. Which day would suit you best?"},
+        {"pattern": "hours", "reply": LONG_REPLY},
+        {
+            "pattern": "price|question",
+            "reply": "Of course. What would you like to know?",
+        },
+        {
+            "pattern": "goodbye|that is all",
+            "reply": "Thank you. Goodbye!",
+            "tool_calls": [
+                {"name": "end_call", "arguments": {"outcome": "not_interested"}}
+            ],
+        },
+        {"pattern": "cancellation|policy", "fail": "http_500"},
+        {"pattern": "keypad", "reply": "Thanks, I got your digits."},
+    ],
+    "default_reply": "I see.",
+}
+
+
+@pytest.fixture(scope="session")
+def models() -> Any:
+    """The real local models, loaded once for the whole test run."""
+    from pipelines.models import shared_models
+
+    return shared_models(
+        stt_beam_size=1,
+        stt_threads=2,
+        stt_workers=1,
+        tts_workers=1,
+        tts_speed=1.0,
+        smart_turn=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def phrases(models: Any) -> dict[str, np.ndarray]:
+    """Caller speech: each phrase synthesized once, as 8 kHz PCM."""
+    return {k: models.tts.synthesize_sync(v, 8000) for k, v in CALLER_PHRASES.items()}
+
+
+@dataclass
+class Harness:
+    services: Services
+    llm: StandinServer
+    twilio: TwilioStandin
+    url: str
+    ws_url: str
+    sink: FileCallSink
+
+    async def wait_record(self, call_id: str, limit_s: float = 5.0) -> dict[str, Any]:
+        """The stored record of a call, once its stream has ended."""
+        deadline = time.monotonic() + limit_s
+        path = self.sink.directory / f"{call_id}.json"
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no record for {call_id}")
+            await asyncio.sleep(0.05)
+        return self.sink.load(call_id)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.load(
+        {
+            "VOXDIAL_VALIDATE_SIGNATURES": "false",
+            "VOXDIAL_DATA_DIR": str(tmp_path),
+            "VOXDIAL_TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "VOXDIAL_TWILIO_AUTH_TOKEN": "token",
+            "VOXDIAL_MEDIA_TIMEOUT_S": "2",
+            "VOXDIAL_AGENT_GREETING": "Hello {{name}}, this is {{company}}.",
+        }
+    )
+
+
+@pytest.fixture
+async def harness(models: Any, settings: Settings) -> AsyncIterator[Harness]:
+    async with run_harness(models, settings) as h:
+        yield h
+
+
+class run_harness:  # lower case: used like a function, `async with run_harness(...)`
+    """Start the stand-ins and the server with `settings`; stop them all after."""
+
+    def __init__(
+        self, models: Any, settings: Settings, script: dict[str, Any] | None = None
+    ):
+        self.models = models
+        self.settings = settings
+        self.script = script or TEST_SCRIPT
+
+    async def __aenter__(self) -> Harness:
+        self.llm = StandinServer(Script.from_dict(self.script))
+        await self.llm.start()
+        self.twilio = TwilioStandin(
+            self.settings.twilio_account_sid, self.settings.twilio_auth_token
+        )
+        await self.twilio.start()
+        settings = replace(self.settings, twilio_api_base=self.twilio.base_url)
+        self.session = aiohttp.ClientSession()
+        sink = FileCallSink(settings.data_dir / "calls")
+        services = Services(
+            settings=settings,
+            models=self.models,
+            llm=ChatClient(
+                LLMConfig(
+                    base_url=self.llm.base_url,
+                    api_key="",
+                    model="standin",
+                    timeout_s=5.0,
+                    temperature=0.0,
+                    max_tokens=200,
+                ),
+                session=self.session,
+            ),
+            rest=TwilioRest(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token,
+                base_url=self.twilio.base_url,
+                session=self.session,
+            ),
+            sink=sink,
+            metrics=Metrics(),
+            directory=CallDirectory(),
+            call_config=call_config(settings),
+        )
+        self.runner = web.AppRunner(create_app(services))
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        return Harness(
+            services=services,
+            llm=self.llm,
+            twilio=self.twilio,
+            url=f"http://{host}:{port}",
+            ws_url=f"ws://{host}:{port}/twilio/stream",
+            sink=sink,
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+        await self.session.close()
+        await self.llm.stop()
+        await self.twilio.stop()
