@@ -64,7 +64,8 @@ def to_float(samples: Int16Array) -> Float32Array:
 
 def to_int16(samples: Float32Array) -> Int16Array:
     """float32 in [-1, 1] to 16-bit PCM, clipping out-of-range values."""
-    return np.clip(samples * 32767.0, -32768, 32767).astype(np.int16)
+    out: Int16Array = np.clip(samples * 32767.0, -32768, 32767).astype(np.int16)
+    return out
 
 
 def resample(samples: Int16Array, in_rate: int, out_rate: int) -> Int16Array:

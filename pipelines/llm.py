@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -234,7 +234,7 @@ class ChatClient:
         tools: list[dict[str, Any]] | None = None,
         *,
         log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-    ) -> AsyncIterator[LLMEvent]:
+    ) -> AsyncGenerator[LLMEvent, None]:
         """Yield the reply to `messages` as it is generated.
 
         Iterate inside `contextlib.aclosing` (or cancel the task) to stop

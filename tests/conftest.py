@@ -48,7 +48,7 @@ LONG_REPLY = (
 TEST_SCRIPT = {
     "rules": [
         {"pattern": "appointment", "reply": "Sure. Which day would suit you best?"},
-        {"pattern": "hours", "reply": LONG_REPLY},
+        {"pattern": "hours|opening|tell me about", "reply": LONG_REPLY},
         {
             "pattern": "price|question",
             "reply": "Of course. What would you like to know?",

@@ -107,7 +107,7 @@ async def twiml_webhook(request: web.Request) -> web.Response:
     if settings.validate_signatures:
         url = public_url(str(request.url), request.headers, settings.public_url or None)
         signature = request.headers.get(SIGNATURE_HEADER, "")
-        params = {k: str(v) for k, v in form.items()}
+        params = [(k, str(v)) for k, v in form.items()]
         if not validate(settings.twilio_auth_token, url, params, signature):
             services.metrics.errors.inc(1.0, "bad_signature")
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
@@ -167,9 +167,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     text = request.app[SERVICES].metrics.render()
-    return web.Response(
-        text=text,
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
-    )
+    response = web.Response(text=text)
+    response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    return response

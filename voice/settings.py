@@ -167,7 +167,14 @@ class Settings:
             if check is not None and not check[0](value):
                 raise SettingsError(f"{name}: {check[1]} (got {raw!r})")
             values[f.name] = value
-        return cls(**values)
+        settings = cls(**values)
+        if settings.validate_signatures and not settings.twilio_auth_token:
+            raise SettingsError(
+                f"{PREFIX}TWILIO_AUTH_TOKEN: required to validate Twilio's request "
+                f"signatures; set it, or set {PREFIX}VALIDATE_SIGNATURES=false for "
+                "local development"
+            )
+        return settings
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -188,11 +195,14 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
                 return False
             raise ValueError("expected true or false")
         if kind is int:
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or not str(raw).strip().lstrip("-").isdigit():
                 raise ValueError("expected an integer")
             return int(str(raw).strip())
         if kind is float:
-            return float(str(raw).strip())
+            try:
+                return float(str(raw).strip())
+            except ValueError:
+                raise ValueError("expected a number") from None
         if kind is Path:
             return Path(str(raw))
         return str(raw)

@@ -6,19 +6,28 @@ import pytest
 
 from voice.settings import Settings, SettingsError
 
+DEV = {"VOXDIAL_VALIDATE_SIGNATURES": "false"}
+
 
 def test_defaults_load() -> None:
-    """With nothing set, every default is valid."""
-    settings = Settings.load({})
+    """With only the auth token set, every default is valid."""
+    settings = Settings.load({"VOXDIAL_TWILIO_AUTH_TOKEN": "t"})
     assert settings.port == 8080
     assert settings.validate_signatures
+
+
+def test_signature_validation_needs_a_token() -> None:
+    """Validating signatures without an auth token is refused, naming both settings."""
+    with pytest.raises(SettingsError, match="VOXDIAL_TWILIO_AUTH_TOKEN"):
+        Settings.load({})
+    assert not Settings.load(DEV).validate_signatures
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
     """An environment variable wins over the TOML file, which wins over defaults."""
     config = tmp_path / "voxdial.toml"
     config.write_text('port = 9000\nhost = "0.0.0.0"\n')
-    settings = Settings.load({"VOXDIAL_PORT": "9100"}, config)
+    settings = Settings.load({"VOXDIAL_PORT": "9100", **DEV}, config)
     assert settings.port == 9100
     assert settings.host == "0.0.0.0"
 
@@ -26,7 +35,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("VOXDIAL_PORT", "eighty", "VOXDIAL_PORT"),
+        ("VOXDIAL_PORT", "eighty", "expected an integer"),
         ("VOXDIAL_PORT", "70000", "must be a TCP port"),
         ("VOXDIAL_VAD_THRESHOLD", "1.5", "between 0 and 1"),
         ("VOXDIAL_VALIDATE_SIGNATURES", "maybe", "true or false"),
@@ -37,7 +46,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 def test_bad_values_name_the_setting(name: str, value: str, message: str) -> None:
     """A bad value raises SettingsError naming the variable and the problem."""
     with pytest.raises(SettingsError) as info:
-        Settings.load({name: value})
+        Settings.load({**DEV, name: value})
     assert name in str(info.value) and message in str(info.value)
 
 
