@@ -51,6 +51,7 @@ from pipelines.models import Models
 from pipelines.playout import Media, Playout
 from pipelines.record import CallRecord, StereoRecorder, Turn, TurnLatency
 from pipelines.turns import AskSmartTurn, BargeIn, EndOfTurn, TurnParams, TurnTaker
+from pipelines.turns import State as TurnState
 from pipelines.vad import VadEvent, VadParams
 
 _PREROLL_MS = 300
@@ -331,6 +332,10 @@ class Call:
             # backchannel. It is kept in the transcript but gets no reply.
             return
         self._context.append({"role": "user", "content": text})
+        if self._turns.state is not TurnState.IDLE:
+            # The caller spoke again while this was transcribed: answer once
+            # that turn ends, with both parts in the context.
+            return
         self._start_reply(_Reply(speech_end, latency))
 
     def _turn_pcm(self) -> Int16Array:
