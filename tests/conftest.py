@@ -1,16 +1,17 @@
-"""Shared fixtures: the real models (loaded once), and a real server on loopback.
+"""Shared fixtures: the real models (loaded once), a real Redis, a real server.
 
 `voxdial` runs here exactly as in production: a real aiohttp server on a real
 port, the real models, the real LLM client talking to the scripted stand-in
-over HTTP, the real Twilio REST client talking to the Twilio stand-in, and a
-real websocket client (the caller simulator) speaking Twilio's protocol.
+over HTTP, the real Twilio REST client talking to the Twilio stand-in (or the
+carrier stand-in), a private `redis-server` with append-only persistence, and
+a real websocket client (the caller simulator) speaking Twilio's protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,17 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+import redis
 from aiohttp import web
 
+from campaign_store.redis_server import EmbeddedRedis, embedded_redis
+from campaign_store.sink import StoreCallSink
+from campaign_store.store import Store
+from dialer.attempts import Attempts
+from dialer.window import Jurisdictions
 from pipelines.llm import ChatClient, LLMConfig
 from pipelines.llm_standin import Script, StandinServer
-from pipelines.record import FileCallSink
+from pipelines.record import CallSink, FileCallSink
 from voice.calls import CallDirectory
 from voice.metrics import Metrics
 from voice.server import Services, call_config, create_app
@@ -88,6 +95,36 @@ def phrases(models: Any) -> dict[str, np.ndarray]:
     return {k: models.tts.synthesize_sync(v, 8000) for k, v in CALLER_PHRASES.items()}
 
 
+# Tests that need the law's calling hours ask for them; the rest must not
+# depend on the hour at which the suite runs.
+ANYTIME = Jurisdictions(rules={}, fallback=None)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """One private redis-server (append-only, noeviction) for the test run."""
+    with embedded_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """The private server's URL, emptied for each test."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    """A campaign store on an empty database."""
+    connected = await Store.connect(redis_url)
+    try:
+        yield connected
+    finally:
+        await connected.close()
+
+
 @dataclass
 class Harness:
     services: Services
@@ -132,11 +169,22 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
     """Start the stand-ins and the server with `settings`; stop them all after."""
 
     def __init__(
-        self, models: Any, settings: Settings, script: dict[str, Any] | None = None
+        self,
+        models: Any,
+        settings: Settings,
+        script: dict[str, Any] | None = None,
+        *,
+        store: Store | None = None,
+        rest_base: str | None = None,
     ):
         self.models = models
         self.settings = settings
         self.script = script or TEST_SCRIPT
+        # With a store, campaign calls are stored and settle the dialer's
+        # attempts; `rest_base` points the REST client at another stand-in
+        # (the carrier) instead of the plain Twilio one.
+        self.store = store
+        self.rest_base = rest_base
 
     async def __aenter__(self) -> Harness:
         self.llm = StandinServer(Script.from_dict(self.script))
@@ -145,9 +193,17 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
             self.settings.twilio_account_sid, self.settings.twilio_auth_token
         )
         await self.twilio.start()
-        settings = replace(self.settings, twilio_api_base=self.twilio.base_url)
+        rest_base = self.rest_base or self.twilio.base_url
+        settings = replace(self.settings, twilio_api_base=rest_base)
         self.session = aiohttp.ClientSession()
         sink = FileCallSink(settings.data_dir / "calls")
+        attempts = None
+        call_sink: CallSink = sink
+        if self.store is not None:
+            attempts = Attempts(self.store, jurisdictions=ANYTIME)
+            call_sink = StoreCallSink(
+                self.store, sink, after_save=attempts.maybe_settle
+            )
         services = Services(
             settings=settings,
             models=self.models,
@@ -165,13 +221,15 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
             rest=TwilioRest(
                 settings.twilio_account_sid,
                 settings.twilio_auth_token,
-                base_url=self.twilio.base_url,
+                base_url=rest_base,
                 session=self.session,
             ),
-            sink=sink,
+            sink=call_sink,
             metrics=Metrics(),
             directory=CallDirectory(),
             call_config=call_config(settings),
+            store=self.store,
+            attempts=attempts,
         )
         self.runner = web.AppRunner(create_app(services))
         await self.runner.setup()

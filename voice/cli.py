@@ -1,6 +1,9 @@
 """The `voxdial` command.
 
-    voxdial serve     the media server (TwiML webhook, media streams, metrics)
+    voxdial serve     the media server (TwiML webhook, media streams, metrics,
+                      the admin API under /api/v1)
+    voxdial dialer    a dialer process: active campaigns' leads into calls
+    voxdial apikey | leads | campaign    the operator's moves (see admin_cli)
 
 With no `VOXDIAL_LLM_BASE_URL`, `serve` starts the local LLM stand-in in the
 same process and says so: no model is reachable offline, so the agent's
@@ -23,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from voice import logs
+from voice.admin_cli import add_commands, run_command
 from voice.settings import Settings, SettingsError
 
 log = logging.getLogger("voxdial")
@@ -58,97 +62,118 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="run the media server")
     serve.add_argument("--host", help="override VOXDIAL_HOST")
     serve.add_argument("--port", type=int, help="override VOXDIAL_PORT")
+    commands.add_parser("dialer", help="run a dialer process (several may run)")
+    add_commands(commands)
     args = parser.parse_args(argv)
 
     try:
-        settings = Settings.load()
+        settings = Settings.load(serving=args.command == "serve")
     except SettingsError as exc:
         print(f"voxdial: invalid setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    if args.host:
+    if getattr(args, "host", None):
         settings = replace(settings, host=args.host)
-    if args.port is not None:
+    if getattr(args, "port", None) is not None:
         settings = replace(settings, port=args.port)
     logs.setup(settings.log_level)
     if args.command == "serve":
         asyncio.run(serve_forever(settings))
+    elif args.command == "dialer":
+        from dialer.service import run_dialer
+
+        raise SystemExit(asyncio.run(run_dialer(settings)))
+    else:
+        raise SystemExit(asyncio.run(run_command(args, settings)))
 
 
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
     """Everything `serve` runs, started, and stopped again on exit."""
     # Imported here so `voxdial --help` and bad settings answer at once.
+    from campaign_store.sink import StoreCallSink
+    from dialer.attempts import Attempts
+    from dialer.window import parse_jurisdictions
     from pipelines.llm import ChatClient, LLMConfig
     from pipelines.llm_standin import Script, StandinServer
     from pipelines.models import shared_models
     from pipelines.record import FileCallSink
+    from voice.admin_cli import open_store
     from voice.calls import CallDirectory
     from voice.metrics import Metrics
     from voice.server import Services, call_config, create_app
     from voice.twilio_rest import TwilioRest
 
-    started = time.monotonic()
-    models = await asyncio.to_thread(
-        shared_models,
-        stt_beam_size=settings.stt_beam_size,
-        stt_threads=settings.stt_threads,
-        stt_workers=settings.stt_workers,
-        tts_workers=settings.tts_workers,
-        tts_speed=settings.tts_speed,
-        smart_turn=settings.smart_turn,
-    )
-    log.info("models ready in %.1f s", time.monotonic() - started)
-
-    standin: StandinServer | None = None
-    base_url = settings.llm_base_url
-    if not base_url:
-        standin = StandinServer(Script.from_dict(OFFLINE_SCRIPT))
-        await standin.start()
-        base_url = standin.base_url
-        log.warning(
-            "no VOXDIAL_LLM_BASE_URL: the agent's answers come from the local "
-            "scripted LLM stand-in at %s, not a real model",
-            base_url,
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(settings, stack, serving=True)
+        attempts = Attempts(
+            store, jurisdictions=parse_jurisdictions(settings.calling_hours)
         )
-    session = aiohttp.ClientSession()
-    llm = ChatClient(
-        LLMConfig(
-            base_url=base_url,
-            api_key=settings.llm_api_key,
-            model=settings.llm_model,
-            timeout_s=settings.llm_timeout_s,
-            temperature=settings.llm_temperature,
-            max_tokens=settings.llm_max_tokens,
-        ),
-        session=session,
-    )
-    rest = TwilioRest(
-        settings.twilio_account_sid,
-        settings.twilio_auth_token,
-        base_url=settings.twilio_api_base,
-        session=session,
-    )
-    services = Services(
-        settings=settings,
-        models=models,
-        llm=llm,
-        rest=rest,
-        sink=FileCallSink(settings.data_dir / "calls"),
-        metrics=Metrics(),
-        directory=CallDirectory(),
-        call_config=call_config(settings),
-    )
-    runner = web.AppRunner(create_app(services), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    try:
+
+        started = time.monotonic()
+        models = await asyncio.to_thread(
+            shared_models,
+            stt_beam_size=settings.stt_beam_size,
+            stt_threads=settings.stt_threads,
+            stt_workers=settings.stt_workers,
+            tts_workers=settings.tts_workers,
+            tts_speed=settings.tts_speed,
+            smart_turn=settings.smart_turn,
+        )
+        stack.callback(models.shutdown)
+        log.info("models ready in %.1f s", time.monotonic() - started)
+
+        base_url = settings.llm_base_url
+        if not base_url:
+            standin = StandinServer(Script.from_dict(OFFLINE_SCRIPT))
+            await standin.start()
+            stack.push_async_callback(standin.stop)
+            base_url = standin.base_url
+            log.warning(
+                "no VOXDIAL_LLM_BASE_URL: the agent's answers come from the local "
+                "scripted LLM stand-in at %s, not a real model",
+                base_url,
+            )
+        session = aiohttp.ClientSession()
+        stack.push_async_callback(session.close)
+        llm = ChatClient(
+            LLMConfig(
+                base_url=base_url,
+                api_key=settings.llm_api_key,
+                model=settings.llm_model,
+                timeout_s=settings.llm_timeout_s,
+                temperature=settings.llm_temperature,
+                max_tokens=settings.llm_max_tokens,
+            ),
+            session=session,
+        )
+        rest = TwilioRest(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token,
+            base_url=settings.twilio_api_base,
+            session=session,
+        )
+        services = Services(
+            settings=settings,
+            models=models,
+            llm=llm,
+            rest=rest,
+            sink=StoreCallSink(
+                store,
+                FileCallSink(settings.data_dir / "calls"),
+                after_save=attempts.maybe_settle,
+            ),
+            metrics=Metrics(),
+            directory=CallDirectory(),
+            call_config=call_config(settings),
+            store=store,
+            attempts=attempts,
+        )
+        runner = web.AppRunner(create_app(services), handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
         yield runner
-    finally:
-        await runner.cleanup()
-        await session.close()
-        if standin is not None:
-            await standin.stop()
 
 
 async def serve_forever(settings: Settings) -> None:

@@ -14,16 +14,20 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
+from campaign_store.store import Store
 from pipelines.call import CallConfig
 from pipelines.llm import ChatClient
 from pipelines.models import Models
 from pipelines.record import CallSink
 from pipelines.turns import TurnParams
 from pipelines.vad import VadParams
+from voice import admin
 from voice.calls import CallDirectory, ExpectedCall
 from voice.metrics import Metrics
 from voice.settings import Settings
@@ -31,6 +35,9 @@ from voice.signature import SIGNATURE_HEADER, public_url, validate, validate_upg
 from voice.stream import StreamSession
 from voice.twilio_rest import TwilioRest
 from voice.twiml import connect_stream_twiml
+
+if TYPE_CHECKING:
+    from dialer.attempts import Attempts
 
 log = logging.getLogger("voxdial.server")
 
@@ -50,6 +57,8 @@ class Services:
     metrics: Metrics
     directory: CallDirectory
     call_config: CallConfig
+    store: Store | None = None
+    attempts: Attempts | None = None  # settles the dialer's attempts
 
 
 def call_config(settings: Settings) -> CallConfig:
@@ -84,6 +93,15 @@ def create_app(services: Services) -> web.Application:
     app.router.add_get(STREAM_PATH, media_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/twilio/status", status_callback)
+    settings = services.settings
+    if services.store is not None and settings.admin_api:
+        admin.mount(
+            app,
+            services.store,
+            max_body_bytes=settings.admin_max_body_bytes,
+            max_csv_bytes=settings.admin_max_csv_bytes,
+        )
     if not services.settings.validate_signatures:
         log.warning(
             "Twilio signature validation is OFF (VOXDIAL_VALIDATE_SIGNATURES=false): "
@@ -100,17 +118,62 @@ def _stream_url(settings: Settings, request: web.Request) -> str:
     return urlunsplit((scheme, parts.netloc, STREAM_PATH, "", ""))
 
 
-async def twiml_webhook(request: web.Request) -> web.Response:
+def _requested(request: web.Request) -> str:
+    """The URL as sent, escapes kept: Twilio signs `%3A`, not `:`."""
+    return str(request.url.origin()) + request.raw_path
+
+
+async def _signed_form(request: web.Request) -> MultiDictProxy[str]:
+    """The POST form of a Twilio request, once its signature is checked."""
     services = request.app[SERVICES]
     settings = services.settings
     form = await request.post()
     if settings.validate_signatures:
-        url = public_url(str(request.url), request.headers, settings.public_url or None)
+        url = public_url(
+            _requested(request), request.headers, settings.public_url or None
+        )
         signature = request.headers.get(SIGNATURE_HEADER, "")
         params = [(k, str(v)) for k, v in form.items()]
         if not validate(settings.twilio_auth_token, url, params, signature):
             services.metrics.errors.inc(1.0, "bad_signature")
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
+    return MultiDictProxy(MultiDict((k, str(v)) for k, v in form.items()))
+
+
+async def status_callback(request: web.Request) -> web.Response:
+    """Twilio's call status callbacks for the dialer's attempts.
+
+    Idempotent and order-independent: a duplicate changes nothing, and a late
+    `ringing` never undoes `completed` (see `dialer.call_status`).
+    """
+    services = request.app[SERVICES]
+    form = await _signed_form(request)
+    campaign_id, _, attempt_id = request.query.get("attempt", "").partition(":")
+    if not campaign_id or not attempt_id:
+        raise web.HTTPBadRequest(text="the callback URL has no attempt=<campaign>:<id>")
+    from dialer.call_status import parse_callback
+
+    try:
+        event = parse_callback(form)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    if services.attempts is None:
+        raise web.HTTPServiceUnavailable(text="no campaign store")
+    await services.attempts.on_status(
+        campaign_id,
+        attempt_id,
+        event.status,
+        call_sid=event.call_sid,
+        answered_by=event.answered_by or "",
+        duration_s=event.duration_s,
+    )
+    return web.Response(status=204)
+
+
+async def twiml_webhook(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    settings = services.settings
+    form = await _signed_form(request)
     call_sid = str(form.get("CallSid", ""))
     if not call_sid:
         raise web.HTTPBadRequest(text="CallSid is missing from the webhook form")

@@ -34,6 +34,16 @@ def _positive() -> dict[str, Any]:
     return _check(lambda v: v > 0, "must be greater than 0")
 
 
+def _calling_hours_ok(text: str) -> bool:
+    from dialer.window import parse_jurisdictions
+
+    try:
+        parse_jurisdictions(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _unit() -> dict[str, Any]:
     return _check(lambda v: 0.0 < v < 1.0, "must be between 0 and 1")
 
@@ -76,6 +86,39 @@ class Settings:
     llm_timeout_s: float = field(default=10.0, metadata=_positive())
     llm_temperature: float = 0.4
     llm_max_tokens: int = field(default=200, metadata=_positive())
+
+    # The campaign store. Empty: start a private redis-server (append-only,
+    # data in `data_dir/redis`) for as long as voxdial runs.
+    redis_url: str = field(
+        default="",
+        metadata={
+            "secret": True,
+            **_check(
+                lambda v: v == "" or v.startswith(("redis://", "rediss://", "unix://")),
+                "must be a redis://, rediss:// or unix:// URL",
+            ),
+        },
+    )
+
+    # The dialer (`voxdial dialer`).
+    dialer_lease_s: float = field(default=30.0, metadata=_positive())
+    dialer_tick_s: float = field(default=0.25, metadata=_positive())
+    dialer_calls_per_second: float = field(default=1.0, metadata=_positive())
+    dialer_reconcile_after_s: float = field(default=120.0, metadata=_positive())
+    # The law's calling hours at the called party's local time, by country,
+    # on top of each campaign's own schedule; `*` is every other country.
+    calling_hours: str = field(
+        default="US=08:00-21:00,CA=08:00-21:00,*=08:00-21:00",
+        metadata=_check(
+            _calling_hours_ok,
+            "must be REGION=HH:MM-HH:MM entries separated by commas, or none",
+        ),
+    )
+
+    # The admin API.
+    admin_api: bool = True
+    admin_max_body_bytes: int = field(default=1 << 20, metadata=_positive())
+    admin_max_csv_bytes: int = field(default=64 << 20, metadata=_positive())
 
     # The agent used when a call names none (until campaigns provide one).
     agent_system_prompt: str = (
@@ -128,9 +171,17 @@ class Settings:
 
     @classmethod
     def load(
-        cls, environ: Mapping[str, str] | None = None, config_file: Path | None = None
+        cls,
+        environ: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+        *,
+        serving: bool = True,
     ) -> Settings:
-        """Read settings from the environment, then the TOML file, then defaults."""
+        """Read settings from the environment, then the TOML file, then defaults.
+
+        `serving=False` is for the operator commands, which take no Twilio
+        requests and so need no auth token to check them.
+        """
         env = os.environ if environ is None else environ
         if config_file is None and env.get(PREFIX + "CONFIG"):
             config_file = Path(env[PREFIX + "CONFIG"])
@@ -168,7 +219,7 @@ class Settings:
                 raise SettingsError(f"{name}: {check[1]} (got {raw!r})")
             values[f.name] = value
         settings = cls(**values)
-        if settings.validate_signatures and not settings.twilio_auth_token:
+        if serving and settings.validate_signatures and not settings.twilio_auth_token:
             raise SettingsError(
                 f"{PREFIX}TWILIO_AUTH_TOKEN: required to validate Twilio's request "
                 f"signatures; set it, or set {PREFIX}VALIDATE_SIGNATURES=false for "

@@ -24,6 +24,7 @@ from pipelines.call import Agent, Call
 from pipelines.record import CallRecord
 from voice.calls import ExpectedCall
 from voice.errors import TwilioError
+from voice.persona import persona_for
 from voice.twilio_protocol import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
@@ -213,13 +214,21 @@ class StreamSession:
             campaign_id=expected.campaign_id,
         )
         agent = Agent(settings.agent_system_prompt, settings.agent_greeting)
+        fields = dict(expected.fields)
+        if services.store is not None and expected.campaign_id and expected.lead_id:
+            persona = await persona_for(
+                services.store, expected.campaign_id, expected.lead_id
+            )
+            if persona is not None:
+                agent = Agent(persona.system_prompt, persona.greeting)
+                fields.update(persona.fields)
         self.call = Call(
             record=record,
             models=services.models,
             llm=services.llm,
             io=self,
             agent=agent,
-            fields=expected.fields,
+            fields=fields,
             config=services.call_config,
             observer=MetricsObserver(services),
             log=self.log,

@@ -41,6 +41,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("VOXDIAL_VALIDATE_SIGNATURES", "maybe", "true or false"),
         ("VOXDIAL_PUBLIC_URL", "example.com", "http"),
         ("VOXDIAL_NO_SUCH_THING", "1", "unknown setting"),
+        ("VOXDIAL_CALLING_HOURS", "US=8-21", "REGION=HH:MM-HH:MM"),
     ],
 )
 def test_bad_values_name_the_setting(name: str, value: str, message: str) -> None:

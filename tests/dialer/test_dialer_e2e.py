@@ -1,0 +1,156 @@
+"""A campaign dialed for real: dialer -> carrier stand-in -> voxdial -> agent.
+
+The carrier stand-in places each call, posts signed status callbacks to the
+media server, and for answered calls fetches the TwiML and opens the media
+stream; the agent (real models, scripted LLM) greets the lead by name. The
+attempt settles from the callbacks and the stored call record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from campaign_store.models import (
+    AgentInput,
+    CampaignInput,
+    FollowUpRule,
+    HourRange,
+    LeadStatus,
+    PhoneChannel,
+    Schedule,
+)
+from campaign_store.store import Store
+from dialer.carrier_standin import CarrierStandin, Scenario
+from dialer.dialer import Dialer, DialerConfig
+from dialer.twilio_carrier import TwilioCarrier
+from dialer.window import Jurisdictions
+from tests.conftest import run_harness
+from voice.settings import Settings
+
+T = "acme"
+ANYTIME = Jurisdictions(rules={}, fallback=None)
+SCENARIOS = {
+    "+12125550101": Scenario(answer="human", ring_s=0.2, talk_s=3.0),
+    "+12125550102": Scenario(answer="busy", ring_s=0.2, talk_s=0.0),
+    "+12125550103": Scenario(answer="no-answer", ring_s=0.5, talk_s=0.0),
+}
+
+
+def _script(to: str, attempt: int) -> Scenario:
+    if attempt > 1:
+        return Scenario(answer="human", ring_s=0.2, talk_s=2.0)
+    return SCENARIOS[to]
+
+
+async def _until(check: Any, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not await check():
+        assert time.monotonic() < deadline, (
+            f"timed out {await check.__self__ if False else None}"
+        )
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.models
+async def test_a_small_campaign_runs_to_the_end(
+    models: Any, settings: Settings, store: Store
+) -> None:
+    """Three leads: one talks to the agent, one is busy, one does not answer at first."""
+    settings = replace(settings, validate_signatures=True)
+    carrier = CarrierStandin(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        script=_script,
+        media=True,
+    )
+    await carrier.start()
+    try:
+        async with run_harness(
+            models, settings, store=store, rest_base=carrier.base_url
+        ) as server:
+            agent = await store.create_agent(
+                T,
+                AgentInput(
+                    name="A", system_prompt="Be brief.", greeting="Hello {{name}}."
+                ),
+            )
+            campaign = await store.create_campaign(
+                T,
+                CampaignInput(
+                    name="C",
+                    agent_id=agent.id,
+                    channel=PhoneChannel(caller_id="+14155550100"),
+                    schedule=Schedule(
+                        days=["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                        hours=[HourRange(start="00:00", end="24:00")],
+                    ),
+                    follow_ups=[
+                        FollowUpRule(
+                            outcome="no_answer", delay_minutes=0, max_attempts=2
+                        )
+                    ],
+                ),
+            )
+            from campaign_store.models import Lead
+            from campaign_store.store import new_id
+
+            leads = [
+                Lead(id=new_id("lead"), campaign_id=campaign.id, phone=p, name=n,
+                     timezone="America/New_York")
+                for p, n in zip(SCENARIOS, ["Ada", "Bob", "Cy"], strict=True)
+            ]  # fmt: skip
+            await store.add_leads(campaign, leads)
+            await store.transition(T, campaign.id, "launch")
+            carrier_client = TwilioCarrier(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token,
+                base_url=carrier.base_url,
+            )
+            dialer = Dialer(
+                store,
+                carrier_client,
+                DialerConfig(
+                    public_url=server.url,
+                    lease_s=5.0,
+                    tick_s=0.1,
+                    calls_per_second=10,
+                    jurisdictions=ANYTIME,
+                ),
+            )
+            stop = asyncio.Event()
+            running = asyncio.create_task(dialer.run(stop))
+
+            async def settled() -> bool:
+                now = [await store.lead_by_id(campaign.id, lead.id) for lead in leads]
+                print(
+                    [(x.name, x.status, x.attempts, x.next_attempt_at) for x in now],
+                    flush=True,
+                )
+                return all(lead.status == LeadStatus.COMPLETED for lead in now)
+
+            try:
+                await _until(settled, 60)
+            finally:
+                stop.set()
+                await running
+                await carrier_client.close()
+
+            ada, bob, cy = [
+                await store.lead_by_id(campaign.id, lead.id) for lead in leads
+            ]
+            assert ada.status == LeadStatus.COMPLETED and len(ada.calls) == 1
+            call = await store.get_call(T, campaign.id, ada.calls[0])
+            greeting = next(t for t in call.transcript if t.speaker == "agent")
+            assert greeting.text == "Hello Ada."
+            # Busy and no-answer were tried again (busy follows the no-answer rule).
+            assert bob.attempts == 2 and cy.attempts == 2
+            first = [c.to for c in carrier.calls.values()]
+            assert sorted(first) == sorted([*SCENARIOS, leads[1].phone, leads[2].phone])
+            assert carrier.overlapping_calls() == []
+    finally:
+        await carrier.stop()
