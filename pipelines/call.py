@@ -3,14 +3,15 @@
 The audio path and the model path are kept apart on purpose. Every 20 ms the
 stream hands `on_media` one frame: it is decoded, given to the shared VAD
 (which never blocks: results come back as events), written to the recording
-and fed to the turn-taker. Nothing on that path waits for a model. Models run
-in their own executors, driven by tasks this class owns:
+and fed to the turn-taker. Nothing on that path waits for a model. The models
+run in the call's pipecat pipeline (`pipelines.reply`), which sees only
+turn-sized frames and calls back into this class:
 
-    frame ─▶ VAD (shared worker) ─▶ TurnTaker ─▶ end of turn ─▶ STT ─▶ LLM
-                                        │                              │
-                                  barge-in: clear,              sentences
-                                  cancel the reply                     ▼
-    Twilio ◀── pacer (lead over playback, marks) ◀── Playout ◀──── TTS
+    frame ─▶ VAD (shared worker) ─▶ TurnTaker ─▶ end of turn ─▶ ┌ STT ┐
+                                        │                       │ LLM │ pipecat
+                                  barge-in: clear,              │ TTS │
+                                  interrupt the reply           └──┬──┘
+    Twilio ◀── pacer (lead over playback, marks) ◀── Playout ◀─────┘
 
 The LLM context only ever holds what the caller heard of the agent: on
 barge-in, the agent's turn is cut to the words that had played.
@@ -19,7 +20,6 @@ barge-in, the agent's turn is cut to the words that had played.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pipecat.frames.frames import LLMFullResponseEndFrame, TTSSpeakFrame
 
 from pipelines.audio import (
     FRAME_SAMPLES,
@@ -39,17 +40,11 @@ from pipelines.audio import (
     ulaw_to_pcm,
 )
 from pipelines.errors import PipelineError
-from pipelines.llm import (
-    ChatClient,
-    LLMEvent,
-    SentenceSplitter,
-    TextDelta,
-    ToolCall,
-    render_template,
-)
+from pipelines.llm import ChatClient, ToolCall, render_template
 from pipelines.models import Models
 from pipelines.playout import Media, Playout
 from pipelines.record import CallRecord, StereoRecorder, Turn, TurnLatency
+from pipelines.reply import ReplyPipeline, ReplyRequest, UtteranceFrame
 from pipelines.turns import AskSmartTurn, BargeIn, EndOfTurn, TurnParams, TurnTaker
 from pipelines.turns import State as TurnState
 from pipelines.vad import VadEvent, VadParams
@@ -126,6 +121,7 @@ class _Reply:
     started_at: float = field(default_factory=time.time)
     first_audio_pending: bool = True
     hang_up_after: bool = False
+    fallback: bool = False  # the spoken apology after a failed request
 
 
 class Call:
@@ -161,6 +157,7 @@ class Call:
         self._turns = TurnTaker(config.turns)
         self._playout = Playout(lead_s=config.playout_lead_ms / 1000)
         self._vad = models.vad.open_stream(config.vad, self._on_vad)
+        self._replies = ReplyPipeline(models=models, llm=llm, listener=self, log=log)
         self._recorder: StereoRecorder | None = None
         if config.recording_dir is not None:
             path = config.recording_dir / f"{record.call_id}.wav"
@@ -189,6 +186,7 @@ class Call:
 
     async def start(self) -> None:
         """Start the pacer and greet the caller (outbound calls speak first)."""
+        await self._replies.start()
         self._pacer = asyncio.create_task(self._pace(), name="pacer")
         if self._greeting:
             self._start_reply(_Reply(time.monotonic(), TurnLatency()), self._greeting)
@@ -208,6 +206,7 @@ class Call:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._replies.close()
             if self._reply is not None:
                 self._finish_agent_turn(
                     self._playout.clear(time.monotonic()).text, True
@@ -307,25 +306,25 @@ class Call:
         self._in_turn = False
         self._turn_audio = []
         speech_end = self._wall_time(end.end_ms)
-        self._spawn(self._transcribe(audio, speech_end, time.monotonic()))
-
-    async def _transcribe(
-        self, audio: Int16Array, speech_end: float, decided: float
-    ) -> None:
         started_at = time.time() - (time.monotonic() - speech_end)
-        try:
-            transcript = await self._models.stt.transcribe(audio, PHONE_RATE)
-        except PipelineError as exc:
-            self._fault("stt", exc)
-            return
-        text = transcript.text.strip()
-        if not text:
+        self._replies.submit(
+            UtteranceFrame(
+                audio=audio,
+                speech_end=speech_end,
+                decided=time.monotonic(),
+                started_at=started_at,
+            )
+        )
+
+    def on_transcript(self, text: str, utterance: UtteranceFrame) -> None:
+        """The pipeline transcribed an utterance: answer it, or keep it only."""
+        if not text or self._closed:
             return
         latency = TurnLatency(
-            turn_detection_s=decided - speech_end,
-            stt_s=time.monotonic() - decided,
+            turn_detection_s=utterance.decided - utterance.speech_end,
+            stt_s=time.monotonic() - utterance.decided,
         )
-        turn = Turn("caller", text, started_at, time.time())
+        turn = Turn("caller", text, utterance.started_at, time.time())
         self.record.transcript.append(turn)
         if self._agent_speaking():
             # Speech too short to barge in, heard while the agent talks on: a
@@ -336,7 +335,7 @@ class Call:
             # The caller spoke again while this was transcribed: answer once
             # that turn ends, with both parts in the context.
             return
-        self._start_reply(_Reply(speech_end, latency))
+        self._start_reply(_Reply(utterance.speech_end, latency))
 
     def _turn_pcm(self) -> Int16Array:
         if not self._turn_audio:
@@ -354,6 +353,7 @@ class Call:
         heard = self._playout.clear(now)
         self._wake_pacer.set()
         self._spawn(self._io.send_clear())
+        self._replies.interrupt()
         if self._recorder is not None:
             self._recorder.clear_agent()
         if self._reply_task is not None:
@@ -373,55 +373,46 @@ class Call:
     # The agent's reply.
 
     def _start_reply(self, reply: _Reply, text: str | None = None) -> None:
+        """Speak `text`, or the LLM's answer to the context, as the next turn."""
         if self._ending:
             return
+        if self._reply is not None or self._reply_task is not None:
+            self._replies.interrupt()
         if self._reply_task is not None:
             self._reply_task.cancel()
+            self._reply_task = None
         self._playout.start_turn()
         self._reply = reply
-        self._reply_task = asyncio.create_task(self._produce(reply, text), name="reply")
-        self._reply_task.add_done_callback(self._task_done)
+        if text is not None:
+            self._say(reply, text)
+        else:
+            tools = list(self._agent.tools) or None
+            self._replies.submit(ReplyRequest(list(self._context), tools), reply)
 
-    async def _produce(self, reply: _Reply, text: str | None) -> None:
-        try:
-            if text is not None:
-                await self._speak(reply, text)
-            else:
-                await self._generate(reply)
-            await self._wait_played()
-        except asyncio.CancelledError:
-            raise
-        except PipelineError as exc:
-            self._fault(type(exc).__name__, exc)
-            await self._recover(reply)
-            return
-        self._finish_agent_turn(self._playout.heard_all(), interrupted=False)
-        if reply.hang_up_after:
-            await self._end_call("agent_hung_up")
+    def _say(self, reply: _Reply, text: str) -> None:
+        self._replies.submit(TTSSpeakFrame(text), reply)
+        self._replies.submit(LLMFullResponseEndFrame(), reply)
 
-    async def _generate(self, reply: _Reply) -> None:
-        splitter = SentenceSplitter()
-        tools = list(self._agent.tools) or None
-        events = self._llm.stream(self._context, tools, log=self._log)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                await self._on_llm_event(reply, splitter, event)
-        rest = splitter.flush()
-        if rest:
-            await self._speak(reply, rest)
+    # What the reply pipeline hands back (see `pipelines.reply.ReplyListener`).
 
-    async def _on_llm_event(
-        self, reply: _Reply, splitter: SentenceSplitter, event: LLMEvent
-    ) -> None:
-        if isinstance(event, TextDelta):
-            if reply.latency.llm_first_token_s is None:
-                reply.latency.llm_first_token_s = time.monotonic() - reply.speech_end
-            for sentence in splitter.push(event.text):
-                await self._speak(reply, sentence)
-        elif isinstance(event, ToolCall):
-            self._on_tool_call(reply, event)
+    def current_reply(self) -> object | None:
+        return self._reply
 
-    def _on_tool_call(self, reply: _Reply, call: ToolCall) -> None:
+    def on_first_token(self, reply: Any) -> None:
+        current = self._reply
+        if current is reply and current is not None:
+            if current.latency.llm_first_token_s is None:
+                current.latency.llm_first_token_s = (
+                    time.monotonic() - current.speech_end
+                )
+
+    def on_sentence_audio(self, reply: Any, text: str, audio: Int16Array) -> None:
+        if reply.latency.tts_first_audio_s is None:
+            reply.latency.tts_first_audio_s = time.monotonic() - reply.speech_end
+        self._playout.enqueue(text, pcm_to_ulaw(audio))
+        self._wake_pacer.set()
+
+    def on_tool_call(self, reply: Any, call: ToolCall) -> None:
         if call.name != "end_call":
             self._log.warning("the LLM called an unknown tool %r", call.name)
             return
@@ -433,12 +424,42 @@ class Call:
         self.record.outcome = str(outcome or "completed")
         reply.hang_up_after = True
 
-    async def _speak(self, reply: _Reply, sentence: str) -> None:
-        audio = await self._models.tts.synthesize(sentence)
-        if reply.latency.tts_first_audio_s is None:
-            reply.latency.tts_first_audio_s = time.monotonic() - reply.speech_end
-        self._playout.enqueue(sentence, pcm_to_ulaw(audio))
-        self._wake_pacer.set()
+    def on_reply_generated(self, reply: Any) -> None:
+        """All of the reply's audio is queued: finish the turn once it has played."""
+        self._reply_task = asyncio.create_task(self._finish(reply), name="reply")
+        self._reply_task.add_done_callback(self._task_done)
+
+    def on_failure(self, reply: Any | None, kind: str, error: PipelineError) -> None:
+        """A failed request: say the fallback line, or hang up cleanly."""
+        if reply is None:
+            self._fault(kind, error)
+            return
+        self._fault(type(error).__name__, error)
+        if reply.fallback:
+            self._reply = None
+            self._spawn(self._end_call("pipeline_error"))
+            return
+        # Stop what is left of the failed reply; its stray frames go stale.
+        self._replies.interrupt()
+        self._playout.clear(time.monotonic())
+        self._reply = _Reply(
+            reply.speech_end,
+            reply.latency,
+            started_at=reply.started_at,
+            first_audio_pending=reply.first_audio_pending,
+            fallback=True,
+        )
+        self._say(self._reply, FALLBACK_LINE)
+
+    async def _finish(self, reply: _Reply) -> None:
+        await self._wait_played()
+        if reply is not self._reply:
+            return
+        self._reply_task = None
+        heard = FALLBACK_LINE if reply.fallback else self._playout.heard_all()
+        self._finish_agent_turn(heard, interrupted=False)
+        if reply.hang_up_after:
+            await self._end_call("agent_hung_up")
 
     async def _wait_played(self) -> None:
         while True:
@@ -449,19 +470,6 @@ class Call:
             await asyncio.sleep(
                 max(end - now, 0.02) if not self._playout.pending else 0.05
             )
-
-    async def _recover(self, reply: _Reply) -> None:
-        """After a failed LLM or TTS request: a fallback line, or a clean hang-up."""
-        self._playout.clear(time.monotonic())
-        try:
-            await self._speak(reply, FALLBACK_LINE)
-            await self._wait_played()
-        except PipelineError as exc:
-            self._fault("fallback", exc)
-            self._reply = None
-            await self._end_call("pipeline_error")
-            return
-        self._finish_agent_turn(FALLBACK_LINE, interrupted=False)
 
     def _finish_agent_turn(self, text: str, interrupted: bool) -> None:
         reply, self._reply = self._reply, None

@@ -31,11 +31,15 @@ from pipelines.llm import ChatClient, LLMConfig
 from pipelines.llm_standin import Script, StandinServer
 from pipelines.record import CallSink, FileCallSink
 from voice.calls import CallDirectory
+from voice.logs import route_loguru
 from voice.metrics import Metrics
 from voice.server import Services, call_config, create_app
 from voice.settings import Settings
 from voice.twilio_rest import TwilioRest
 from voice.twilio_standin import TwilioStandin
+
+# pipecat logs through loguru at DEBUG by default: route it as `serve` does.
+route_loguru()
 
 CALLER_PHRASES = {
     "appointment": "I would like to book an appointment for next Tuesday.",

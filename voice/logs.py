@@ -20,21 +20,24 @@ def _forward_loguru(message: Any) -> None:
     logging.getLogger(f"pipecat.{record['name']}").log(level, "%s", record["message"])
 
 
-def route_loguru() -> None:
-    """Send pipecat's loguru output through stdlib logging instead of stderr."""
+def route_loguru(level: int = logging.WARNING) -> None:
+    """Send pipecat's loguru output through stdlib logging instead of stderr.
+
+    Messages below `level` are dropped by loguru itself, before any is
+    formatted: pipecat logs at DEBUG on every frame processor start and stop.
+    """
     from loguru import logger
 
     logger.remove()
-    logger.add(_forward_loguru, level="DEBUG", format="{message}")
+    logger.add(_forward_loguru, level=level, format="{message}")
 
 
 def setup(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=_FORMAT, stream=sys.stderr)
     # pipecat is chatty at INFO about things we already report.
-    logging.getLogger("pipecat").setLevel(
-        max(logging.WARNING, logging.getLogger().level)
-    )
-    route_loguru()
+    pipecat_level = max(logging.WARNING, logging.getLogger().level)
+    logging.getLogger("pipecat").setLevel(pipecat_level)
+    route_loguru(pipecat_level)
 
 
 def mask_number(number: str) -> str:
