@@ -316,6 +316,73 @@ def binding_view(binding: McpBinding) -> McpBindingView:
     )
 
 
+# Where booked meetings go, and where call results are sent.
+
+
+class CalendarInput(Strict):
+    """The campaign's connected calendar (Google Calendar).
+
+    `credentials` is the JSON text of a Google service-account key, or of
+    `{"client_id", "client_secret", "refresh_token"}` for an OAuth grant;
+    write-only: null keeps the stored value.
+    """
+
+    provider: Literal["google"] = "google"
+    calendar_id: Annotated[str, StringConstraints(min_length=1, max_length=320)]
+    credentials: Annotated[str, StringConstraints(max_length=20_000)] | None = None
+    subject: Annotated[str, StringConstraints(max_length=320)] = Field(
+        default="", description="A user to act as (domain-wide delegation)."
+    )
+    meeting_title: ShortText = "Meeting"
+    default_duration_minutes: int = Field(default=30, ge=5, le=240)
+
+
+class CalendarBinding(Strict):
+    provider: Literal["google"] = "google"
+    calendar_id: str
+    credentials: str
+    subject: str = ""
+    meeting_title: str = "Meeting"
+    default_duration_minutes: int = 30
+
+
+class CalendarView(Strict):
+    provider: Literal["google"]
+    calendar_id: str
+    credentials: SecretView
+    subject: str
+    meeting_title: str
+    default_duration_minutes: int
+
+
+def calendar_view(binding: CalendarBinding) -> CalendarView:
+    data = binding.model_dump(exclude={"credentials"})
+    return CalendarView(credentials=secret_view(binding.credentials), **data)
+
+
+class WebhookInput(Strict):
+    """A signed POST of every call's result. `secret`: write-only, null keeps it."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2000)]
+    secret: Annotated[str, StringConstraints(min_length=16, max_length=256)] | None = (
+        None
+    )
+
+
+class WebhookBinding(Strict):
+    url: str
+    secret: str
+
+
+class WebhookView(Strict):
+    url: str
+    secret: SecretView
+
+
+def webhook_view(binding: WebhookBinding) -> WebhookView:
+    return WebhookView(url=binding.url, secret=secret_view(binding.secret))
+
+
 class CampaignInput(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     description: Annotated[str, StringConstraints(max_length=2000)] = ""
@@ -344,6 +411,8 @@ class Campaign(Strict):
     fields: list[FieldDef] = Field(default_factory=list)
     follow_ups: list[FollowUpRule] = Field(default_factory=list)
     mcp_bindings: list[McpBinding] = Field(default_factory=list)
+    calendar: CalendarBinding | None = None
+    webhook: WebhookBinding | None = None
     status: CampaignStatus = CampaignStatus.DRAFT
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
@@ -366,6 +435,8 @@ class CampaignView(Strict):
     fields: list[FieldDef]
     follow_ups: list[FollowUpRule]
     mcp_bindings: list[McpBindingView]
+    calendar: CalendarView | None = None
+    webhook: WebhookView | None = None
     status: CampaignStatus
     created_at: float
     updated_at: float
@@ -374,8 +445,14 @@ class CampaignView(Strict):
 
     @classmethod
     def of(cls, campaign: Campaign) -> CampaignView:
-        data = campaign.model_dump(exclude={"tenant", "mcp_bindings"})
+        data = campaign.model_dump(
+            exclude={"tenant", "mcp_bindings", "calendar", "webhook"}
+        )
         data["mcp_bindings"] = [binding_view(b) for b in campaign.mcp_bindings]
+        if campaign.calendar is not None:
+            data["calendar"] = calendar_view(campaign.calendar)
+        if campaign.webhook is not None:
+            data["webhook"] = webhook_view(campaign.webhook)
         return cls.model_validate(data)
 
 
@@ -470,6 +547,13 @@ class CallRecordModel(Strict):
     transcript: list[TurnRecord] = Field(default_factory=list)
     recording_path: str = ""
     extracted: dict[str, FieldValue] = Field(default_factory=dict)
+    # Fields whose extracted value failed validation: name -> why (left empty).
+    extraction_flags: dict[str, str] = Field(default_factory=dict)
+    outcome_source: str = ""  # "agent", "tool", "opt_out" or "rule"
+    callback_at: float | None = None
+    callback_local: str = ""
+    booking: dict[str, str] | None = None
+    opted_out: bool = False
     errors: list[str] = Field(default_factory=list)
     barge_ins: int = 0
 

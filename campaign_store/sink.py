@@ -53,6 +53,13 @@ def to_model(record: CallRecord) -> CallRecordModel:
         recording_path=record.recording_path,
         errors=list(record.errors),
         barge_ins=record.barge_ins,
+        callback_at=record.callback_at,
+        callback_local=record.callback_local,
+        booking=record.booking,
+        opted_out=record.opted_out,
+        outcome_source=record.outcome_source,
+        extracted=dict(record.extracted),
+        extraction_flags=dict(record.extraction_flags),
     )
 
 

@@ -66,6 +66,10 @@ EDITABLE: dict[str, frozenset[CampaignStatus]] = {
     "schedule": frozenset({CampaignStatus.DRAFT, CampaignStatus.PAUSED}),
     "follow_ups": frozenset({CampaignStatus.DRAFT, CampaignStatus.PAUSED}),
     "mcp_bindings": frozenset({CampaignStatus.DRAFT, CampaignStatus.PAUSED}),
+    "calendar": frozenset({CampaignStatus.DRAFT, CampaignStatus.PAUSED}),
+    "webhook": frozenset(
+        {CampaignStatus.DRAFT, CampaignStatus.ACTIVE, CampaignStatus.PAUSED}
+    ),
     "leads": frozenset(
         {CampaignStatus.DRAFT, CampaignStatus.ACTIVE, CampaignStatus.PAUSED}
     ),
@@ -588,6 +592,11 @@ class Store:
             def link(lead: Lead) -> Lead:
                 if call.id not in lead.calls:
                     lead.calls.append(call.id)
+                # What the call learned becomes the lead's: the newest value
+                # of each extracted field wins; an empty one changes nothing.
+                for name, value in call.extracted.items():
+                    if value is not None and value != "":
+                        lead.fields[name] = value
                 lead.updated_at = now()
                 return lead
 

@@ -20,18 +20,20 @@ barge-in, the agent's turn is cut to the words that had played.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from pipecat.frames.frames import LLMFullResponseEndFrame, TTSSpeakFrame
 
+from pipelines import prompt
 from pipelines.audio import (
     FRAME_SAMPLES,
     PHONE_RATE,
@@ -40,11 +42,13 @@ from pipelines.audio import (
     ulaw_to_pcm,
 )
 from pipelines.errors import PipelineError
-from pipelines.llm import ChatClient, ToolCall, render_template
+from pipelines.llm import ChatClient, ToolCall
 from pipelines.models import Models
 from pipelines.playout import Media, Playout
 from pipelines.record import CallRecord, StereoRecorder, Turn, TurnLatency
 from pipelines.reply import ReplyPipeline, ReplyRequest, UtteranceFrame
+from pipelines.tools.agent_tools import AgentTools, CallEffects, ToolContext
+from pipelines.tools.optout import asks_to_opt_out
 from pipelines.turns import AskSmartTurn, BargeIn, EndOfTurn, TurnParams, TurnTaker
 from pipelines.turns import State as TurnState
 from pipelines.vad import VadEvent, VadParams
@@ -55,24 +59,11 @@ _FRAME_MS = 20
 
 FALLBACK_LINE = "Sorry, I'm having a little trouble. Could you say that again?"
 GOODBYE_LINE = "Sorry, I have to end the call now. Goodbye."
-
-END_CALL_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": (
-            "Hang up after your last sentence, once the conversation is over."
-        ),
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "outcome": {"type": "string", "description": "How the call ended."},
-                "reason": {"type": "string"},
-            },
-            "required": ["outcome"],
-        },
-    },
-}
+OPTED_OUT_NOTE = (
+    "The caller asked not to be called again. Their number is now on the "
+    "do-not-call list. Confirm that in one sentence, apologise, say goodbye and "
+    "end the call."
+)
 
 
 class CallIO(Protocol):
@@ -100,7 +91,7 @@ class Agent:
 
     system_prompt: str
     greeting: str
-    tools: tuple[dict[str, Any], ...] = (END_CALL_TOOL,)
+    tools: tuple[str, ...] = ("end_call",)  # see pipelines.tools.agent_tools
 
 
 @dataclass(frozen=True)
@@ -120,7 +111,6 @@ class _Reply:
     latency: TurnLatency
     started_at: float = field(default_factory=time.time)
     first_audio_pending: bool = True
-    hang_up_after: bool = False
     fallback: bool = False  # the spoken apology after a failed request
 
 
@@ -139,6 +129,7 @@ class Call:
         config: CallConfig,
         observer: CallObserver,
         log: logging.LoggerAdapter[logging.Logger],
+        tools: AgentTools | None = None,
     ) -> None:
         self.record = record
         self._models = models
@@ -150,14 +141,27 @@ class Call:
         self._log = log
         self._debug = log.isEnabledFor(logging.DEBUG)
 
+        if tools is None:
+            tools = AgentTools(agent.tools, ToolContext(), CallEffects())
+        self._tools = tools
+        self.effects = tools.effects
+        zone = ZoneInfo(tools.context.timezone)
+        now_local = datetime.fromtimestamp(tools.context.clock(), zone)
         self._context: list[dict[str, Any]] = [
-            {"role": "system", "content": render_template(agent.system_prompt, fields)}
+            {
+                "role": "system",
+                "content": prompt.system_prompt(
+                    agent.system_prompt, fields, now_local=now_local
+                ),
+            }
         ]
-        self._greeting = render_template(agent.greeting, fields)
+        self._greeting = prompt.greeting(agent.greeting, fields)
         self._turns = TurnTaker(config.turns)
         self._playout = Playout(lead_s=config.playout_lead_ms / 1000)
         self._vad = models.vad.open_stream(config.vad, self._on_vad)
-        self._replies = ReplyPipeline(models=models, llm=llm, listener=self, log=log)
+        self._replies = ReplyPipeline(
+            models=models, llm=llm, tools=tools, listener=self, log=log
+        )
         self._recorder: StereoRecorder | None = None
         if config.recording_dir is not None:
             path = config.recording_dir / f"{record.call_id}.wav"
@@ -196,6 +200,7 @@ class Call:
         if not self._closed:
             self._closed = True
             self.record.end_reason = self.record.end_reason or reason
+            self.record.outcome = self.effects.outcome or self.record.outcome
             self.record.ended_at = time.time()
             if self._dtmf_timer is not None:
                 self._dtmf_timer.cancel()
@@ -326,7 +331,16 @@ class Call:
         )
         turn = Turn("caller", text, utterance.started_at, time.time())
         self.record.transcript.append(turn)
-        if self._agent_speaking():
+        opting_out = asks_to_opt_out(text) and not self.effects.opted_out
+        if opting_out:
+            # Deterministic: on the list now, whatever the model makes of it.
+            self._log.info("the caller asked not to be called again")
+            self._spawn(asyncio.shield(self._tools.opt_out_now()))
+            self.effects.hang_up = True  # once the agent has confirmed it
+            if self._agent_speaking():
+                self._barge_in(time.monotonic())
+            self._context.append({"role": "system", "content": OPTED_OUT_NOTE})
+        if self._agent_speaking() and not opting_out:
             # Speech too short to barge in, heard while the agent talks on: a
             # backchannel. It is kept in the transcript but gets no reply.
             return
@@ -386,8 +400,7 @@ class Call:
         if text is not None:
             self._say(reply, text)
         else:
-            tools = list(self._agent.tools) or None
-            self._replies.submit(ReplyRequest(list(self._context), tools), reply)
+            self._replies.submit(ReplyRequest(list(self._context)), reply)
 
     def _say(self, reply: _Reply, text: str) -> None:
         self._replies.submit(TTSSpeakFrame(text), reply)
@@ -413,16 +426,12 @@ class Call:
         self._wake_pacer.set()
 
     def on_tool_call(self, reply: Any, call: ToolCall) -> None:
-        if call.name != "end_call":
-            self._log.warning("the LLM called an unknown tool %r", call.name)
-            return
-        try:
-            args = json.loads(call.arguments or "{}")
-        except json.JSONDecodeError:
-            args = {}
-        outcome = args.get("outcome") if isinstance(args, dict) else None
-        self.record.outcome = str(outcome or "completed")
-        reply.hang_up_after = True
+        # Names only: arguments may hold what the lead said (emails, times).
+        self._log.info("tool call: %s", call.name)
+
+    def on_tool_messages(self, reply: Any, messages: list[dict[str, Any]]) -> None:
+        if reply is self._reply:
+            self._context.extend(messages)
 
     def on_reply_generated(self, reply: Any) -> None:
         """All of the reply's audio is queued: finish the turn once it has played."""
@@ -458,7 +467,7 @@ class Call:
         self._reply_task = None
         heard = FALLBACK_LINE if reply.fallback else self._playout.heard_all()
         self._finish_agent_turn(heard, interrupted=False)
-        if reply.hang_up_after:
+        if self.effects.hang_up:
             await self._end_call("agent_hung_up")
 
     async def _wait_played(self) -> None:

@@ -67,6 +67,14 @@ class CallRecord:
     errors: list[str] = field(default_factory=list)
     bad_frames: dict[str, int] = field(default_factory=dict)
     barge_ins: int = 0
+    # What the agent's tools did (see pipelines.tools.agent_tools).
+    callback_at: float | None = None
+    callback_local: str = ""
+    booking: dict[str, str] | None = None
+    opted_out: bool = False
+    outcome_source: str = ""
+    extracted: dict[str, Any] = field(default_factory=dict)
+    extraction_flags: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

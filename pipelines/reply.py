@@ -25,6 +25,10 @@ The rules:
 - A failed request (STT, LLM, TTS) becomes a `StageFailedFrame`; the call
   decides what to say. Frames reach the pipeline in the order they were
   submitted, interruptions included.
+- Tool calls run inside the LLM stage (`pipelines.tools.agent_tools`); when a
+  result needs an answer, the model is asked again with it, up to
+  `MAX_TOOL_ROUNDS` times a turn. A tool still running after `HOLD_AFTER_S`
+  gets a holding line spoken, so the caller never hears dead air.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from pipelines.audio import PHONE_RATE, Int16Array
 from pipelines.errors import PipelineError
 from pipelines.llm import ChatClient, SentenceSplitter, TextDelta, ToolCall
 from pipelines.models import Models
+from pipelines.tools.agent_tools import AgentTools, ToolResult
 
 __all__ = [
     "ReplyListener",
@@ -65,6 +70,9 @@ __all__ = [
 ]
 
 REPLY = "reply"  # the metadata key naming the reply a frame belongs to
+MAX_TOOL_ROUNDS = 3
+HOLD_AFTER_S = 1.0
+HOLDING_LINE = "One moment, please, while I check that."
 
 
 @dataclass
@@ -83,7 +91,6 @@ class ReplyRequest(DataFrame):
     """Generate the agent's next turn from `messages` (a snapshot)."""
 
     messages: list[dict[str, Any]] = field(repr=False)
-    tools: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -108,6 +115,7 @@ class ReplyListener(Protocol):
     def on_first_token(self, reply: Any) -> None: ...
     def on_sentence_audio(self, reply: Any, text: str, audio: Int16Array) -> None: ...
     def on_tool_call(self, reply: Any, call: ToolCall) -> None: ...
+    def on_tool_messages(self, reply: Any, messages: list[dict[str, Any]]) -> None: ...
     def on_reply_generated(self, reply: Any) -> None: ...
     def on_failure(
         self, reply: Any | None, kind: str, error: PipelineError
@@ -151,10 +159,15 @@ class ChatLLM(FrameProcessor):
     """Reply requests to sentences, streamed from an OpenAI-compatible LLM."""
 
     def __init__(
-        self, llm: ChatClient, listener: ReplyListener, log: logging.LoggerAdapter[Any]
+        self,
+        llm: ChatClient,
+        tools: AgentTools,
+        listener: ReplyListener,
+        log: logging.LoggerAdapter[Any],
     ) -> None:
         super().__init__(name="llm")
         self._llm = llm
+        self._tools = tools
         self._listener = listener
         self._log = log
 
@@ -172,22 +185,76 @@ class ChatLLM(FrameProcessor):
         await self.push_frame(_tag(LLMFullResponseEndFrame(), reply))
 
     async def _generate(self, request: ReplyRequest, reply: object | None) -> None:
+        messages = list(request.messages)
+        tools = self._tools.definitions() or None
+        for _ in range(MAX_TOOL_ROUNDS + 1):
+            text, calls = await self._stream_once(messages, tools, reply)
+            if not calls:
+                return
+            asked = {
+                "role": "assistant",
+                "content": text or None,
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
+                    for c in calls
+                ],
+            }
+            answers: list[dict[str, Any]] = []
+            follow_up = False
+            for call in calls:
+                result = await self._run_tool(call, reply)
+                answers.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": result.content}
+                )
+                follow_up = follow_up or result.follow_up
+            # The call's context keeps the exchange; what was said is added
+            # when the turn ends, cut to what the caller heard.
+            self._listener.on_tool_messages(
+                reply, [{**asked, "content": None}, *answers]
+            )
+            if not follow_up:
+                return
+            messages += [asked, *answers]
+
+    async def _stream_once(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        reply: object | None,
+    ) -> tuple[str, list[ToolCall]]:
         splitter = SentenceSplitter()
-        first = True
-        events = self._llm.stream(request.messages, request.tools, log=self._log)
+        spoken: list[str] = []
+        calls: list[ToolCall] = []
+        events = self._llm.stream(messages, tools, log=self._log)
         async with contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, TextDelta):
-                    if first:
-                        first = False
+                    if not spoken and not calls:
                         self._listener.on_first_token(reply)
+                    spoken.append(event.text)
                     for sentence in splitter.push(event.text):
                         await self.push_frame(_tag(TTSSpeakFrame(sentence), reply))
                 elif isinstance(event, ToolCall):
+                    calls.append(event)
                     await self.push_frame(_tag(ToolCallFrame(call=event), reply))
         rest = splitter.flush()
         if rest:
             await self.push_frame(_tag(TTSSpeakFrame(rest), reply))
+        return "".join(spoken).strip(), calls
+
+    async def _run_tool(self, call: ToolCall, reply: object | None) -> ToolResult:
+        running = asyncio.ensure_future(self._tools.run(call))
+        try:
+            done, _ = await asyncio.wait({running}, timeout=HOLD_AFTER_S)
+            if not done:
+                await self.push_frame(_tag(TTSSpeakFrame(HOLDING_LINE), reply))
+            return await running
+        finally:
+            running.cancel()  # a barge-in cancels us: the tool goes too
 
 
 class TextToSpeech(FrameProcessor):
@@ -259,13 +326,14 @@ class ReplyPipeline:
         *,
         models: Models,
         llm: ChatClient,
+        tools: AgentTools,
         listener: ReplyListener,
         log: logging.LoggerAdapter[Any],
     ) -> None:
         pipeline = Pipeline(
             [
                 SpeechToText(models),
-                ChatLLM(llm, listener, log),
+                ChatLLM(llm, tools, listener, log),
                 TextToSpeech(models),
                 ToCall(listener),
             ]

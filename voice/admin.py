@@ -31,6 +31,9 @@ from campaign_store.models import (
     Agent,
     AgentInput,
     AgentPatch,
+    CalendarBinding,
+    CalendarInput,
+    CalendarView,
     CallRecordModel,
     Campaign,
     CampaignInput,
@@ -47,7 +50,12 @@ from campaign_store.models import (
     McpBindingView,
     Schedule,
     Strict,
+    WebhookBinding,
+    WebhookInput,
+    WebhookView,
     binding_view,
+    calendar_view,
+    webhook_view,
 )
 from campaign_store.store import MAX_PAGE, Page, Store, check_fields_unique
 from campaign_store.store import merge_bindings as merge
@@ -477,6 +485,77 @@ async def put_follow_ups(request: web.Request) -> web.Response:
     return _json(FollowUpsBody(follow_ups=campaign.follow_ups))
 
 
+async def get_calendar(request: web.Request) -> web.Response:
+    campaign = await _store(request).get_campaign(
+        _tenant(request), _campaign_id(request)
+    )
+    if campaign.calendar is None:
+        raise NotFound("calendar of campaign", campaign.id)
+    return _json(calendar_view(campaign.calendar))
+
+
+def _check_credentials(text: str) -> None:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError("credentials: not JSON") from exc
+    service_account = {"client_email", "private_key"}
+    oauth = {"client_id", "client_secret", "refresh_token"}
+    if not isinstance(data, dict) or not (
+        service_account <= data.keys() or oauth <= data.keys()
+    ):
+        raise ValueError(
+            "credentials: a service-account key (client_email, private_key) or "
+            "an OAuth grant (client_id, client_secret, refresh_token)"
+        )
+
+
+async def put_calendar(request: web.Request) -> web.Response:
+    body: CalendarInput = await _body(request, CalendarInput)
+    if body.credentials is not None:
+        _check_credentials(body.credentials)
+
+    def change(campaign: Campaign) -> Campaign:
+        credentials = body.credentials
+        if credentials is None:
+            if campaign.calendar is None:
+                raise ValueError("credentials: required (none stored yet)")
+            credentials = campaign.calendar.credentials
+        data = body.model_dump(exclude={"credentials"})
+        binding = CalendarBinding(credentials=credentials, **data)
+        return campaign.model_copy(update={"calendar": binding})
+
+    campaign = await _edit(request, "calendar", change)
+    assert campaign.calendar is not None
+    return _json(calendar_view(campaign.calendar))
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    campaign = await _store(request).get_campaign(
+        _tenant(request), _campaign_id(request)
+    )
+    if campaign.webhook is None:
+        raise NotFound("webhook of campaign", campaign.id)
+    return _json(webhook_view(campaign.webhook))
+
+
+async def put_webhook(request: web.Request) -> web.Response:
+    body: WebhookInput = await _body(request, WebhookInput)
+
+    def change(campaign: Campaign) -> Campaign:
+        secret = body.secret
+        if secret is None:
+            if campaign.webhook is None:
+                raise ValueError("secret: required (none stored yet)")
+            secret = campaign.webhook.secret
+        binding = WebhookBinding(url=body.url, secret=secret)
+        return campaign.model_copy(update={"webhook": binding})
+
+    campaign = await _edit(request, "webhook", change)
+    assert campaign.webhook is not None
+    return _json(webhook_view(campaign.webhook))
+
+
 async def get_mcp_bindings(request: web.Request) -> web.Response:
     campaign = await _store(request).get_campaign(
         _tenant(request), _campaign_id(request)
@@ -707,6 +786,10 @@ def routes() -> list[Route]:
         Route("PUT", _C + "/follow-ups", put_follow_ups, "Set the follow-up rules (draft or paused)", "campaign parts", FollowUpsBody, response=FollowUpsBody),
         Route("GET", _C + "/mcp-bindings", get_mcp_bindings, "The MCP tool servers, secrets masked", "campaign parts", response=McpBindingsView),
         Route("PUT", _C + "/mcp-bindings", put_mcp_bindings, "Set the MCP tool servers (draft or paused)", "campaign parts", McpBindingsBody, response=McpBindingsView),
+        Route("GET", _C + "/calendar", get_calendar, "The connected calendar, credentials masked", "campaign parts", response=CalendarView),
+        Route("PUT", _C + "/calendar", put_calendar, "Connect a Google calendar for bookings (draft or paused)", "campaign parts", CalendarInput, response=CalendarView),
+        Route("GET", _C + "/webhook", get_webhook, "The call-result webhook, secret masked", "campaign parts", response=WebhookView),
+        Route("PUT", _C + "/webhook", put_webhook, "Set the signed call-result webhook", "campaign parts", WebhookInput, response=WebhookView),
         Route("GET", _C + "/review", review_campaign, "Every problem that blocks launch", "lifecycle", response=ReviewView),
         Route("POST", _C + "/launch", launch_campaign, "Launch a draft whose review is clean", "lifecycle", response=CampaignView),
         Route("POST", _C + "/pause", pause_campaign, "Stop new attempts; calls in flight finish", "lifecycle", response=CampaignView),

@@ -1,20 +1,31 @@
-"""Who the agent is on a campaign's call: its agent, and the lead's fields.
+"""Who the agent is on a campaign's call, and what it may do there.
 
 A stream whose parameters name a campaign and a lead gets that campaign's
-agent (prompt, greeting) and that lead's fields for the `{{placeholders}}`.
-Anything else (an ad hoc call, a lead that is gone) keeps the server's
-default agent and the fields the webhook passed along.
+agent (prompt, greeting, tools), that lead's fields for the prompt, and the
+tool context: the lead's zone and calling window, the campaign's calendar,
+the do-not-call list of the tenant, the campaign's MCP bindings. Anything
+else (an ad hoc call, a lead that is gone) keeps the server's default agent,
+the fields the webhook passed along, and only the `end_call` tool.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import aiohttp
 
 from campaign_store.errors import NotFound, StoreError
+from campaign_store.models import Agent, CalendarBinding, Campaign, Lead
 from campaign_store.store import Store
+from pipelines.tools.calendar import (
+    GoogleCalendar,
+    RefreshTokenCredentials,
+    ServiceAccountCredentials,
+)
 
-__all__ = ["Persona", "persona_for"]
+__all__ = ["Persona", "calendar_for", "lead_fields", "persona_for"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +35,18 @@ class Persona:
     system_prompt: str
     greeting: str
     fields: dict[str, str]
+    tools: tuple[str, ...] = ("end_call",)
+    campaign: Campaign | None = None
+    lead: Lead | None = None
+    agent: Agent | None = field(default=None, repr=False)
+
+
+def lead_fields(lead: Lead) -> dict[str, str]:
+    """The lead's values for `{{placeholders}}`, standard ones included."""
+    fields = {k: "" if v is None else str(v) for k, v in lead.fields.items()}
+    fields["name"] = lead.name
+    fields["first_name"] = lead.name.split(" ", 1)[0] if lead.name else ""
+    return fields
 
 
 async def persona_for(store: Store, campaign_id: str, lead_id: str) -> Persona | None:
@@ -40,7 +63,39 @@ async def persona_for(store: Store, campaign_id: str, lead_id: str) -> Persona |
             "campaign %s: persona unavailable (%s); default agent", campaign_id, exc
         )
         return None
-    fields = {k: "" if v is None else str(v) for k, v in lead.fields.items()}
-    fields["name"] = lead.name
-    fields["first_name"] = lead.name.split(" ", 1)[0] if lead.name else ""
-    return Persona(agent.system_prompt, agent.greeting, fields)
+    return Persona(
+        agent.system_prompt,
+        agent.greeting,
+        lead_fields(lead),
+        tools=tuple(str(t) for t in agent.tools),
+        campaign=campaign,
+        lead=lead,
+        agent=agent,
+    )
+
+
+def calendar_for(
+    binding: CalendarBinding, session: aiohttp.ClientSession, api_base: str
+) -> GoogleCalendar | None:
+    """The campaign's Google calendar client, or None if its key is unusable."""
+    try:
+        info = json.loads(binding.credentials)
+        if "private_key" in info:
+            credentials: ServiceAccountCredentials | RefreshTokenCredentials = (
+                ServiceAccountCredentials.from_info(
+                    info, session, subject=binding.subject or None
+                )
+            )
+        else:
+            credentials = RefreshTokenCredentials(
+                client_id=info["client_id"],
+                client_secret=info["client_secret"],
+                refresh_token=info["refresh_token"],
+                session=session,
+                **({"token_uri": info["token_uri"]} if "token_uri" in info else {}),
+            )
+    except (ValueError, KeyError, TypeError) as exc:
+        # Never the credentials themselves: only what kind of problem it is.
+        log.warning("calendar credentials unusable (%s)", type(exc).__name__)
+        return None
+    return GoogleCalendar(binding.calendar_id, credentials, session, base_url=api_base)

@@ -115,6 +115,9 @@ class Settings:
         ),
     )
 
+    # Google Calendar, for campaigns that book meetings.
+    google_calendar_api_base: str = "https://www.googleapis.com/calendar/v3"
+
     # The admin API.
     admin_api: bool = True
     admin_max_body_bytes: int = field(default=1 << 20, metadata=_positive())

@@ -20,11 +20,15 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from campaign_store.models import Campaign
+from dialer.window import parse_jurisdictions, window_for
 from pipelines.call import Agent, Call
+from pipelines.extract import extract_fields, outcome_for
 from pipelines.record import CallRecord
+from pipelines.tools.agent_tools import AgentTools, CallEffects, ToolContext
 from voice.calls import ExpectedCall
 from voice.errors import TwilioError
-from voice.persona import persona_for
+from voice.persona import Persona, calendar_for, persona_for
 from voice.twilio_protocol import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
@@ -95,6 +99,9 @@ class StreamSession:
         self.end_reason = "stream_closed"
         self._last_message = time.monotonic()
         self._hung_up = False
+        self._mcp: asyncio.Task[None] | None = None
+        self._mcp_done = asyncio.Event()
+        self._persona: Persona | None = None
 
     # CallIO: the only three messages we send, plus hanging up.
 
@@ -215,13 +222,16 @@ class StreamSession:
         )
         agent = Agent(settings.agent_system_prompt, settings.agent_greeting)
         fields = dict(expected.fields)
+        persona = None
         if services.store is not None and expected.campaign_id and expected.lead_id:
             persona = await persona_for(
                 services.store, expected.campaign_id, expected.lead_id
             )
             if persona is not None:
-                agent = Agent(persona.system_prompt, persona.greeting)
+                agent = Agent(persona.system_prompt, persona.greeting, persona.tools)
                 fields.update(persona.fields)
+        self._persona = persona
+        tools = self._tools_for(agent, persona, record)
         self.call = Call(
             record=record,
             models=services.models,
@@ -232,11 +242,68 @@ class StreamSession:
             config=services.call_config,
             observer=MetricsObserver(services),
             log=self.log,
+            tools=tools,
         )
         services.metrics.active_calls.inc()
         self.log.info("call started (stream %s)", start.stream_sid)
         await self.call.start()
         return True
+
+    def _tools_for(
+        self, agent: Agent, persona: Persona | None, record: CallRecord
+    ) -> AgentTools:
+        """The call's tools, and the facts they work from."""
+        services = self.services
+        settings = services.settings
+        context = ToolContext(call_id=record.call_id)
+        campaign = persona.campaign if persona is not None else None
+        lead = persona.lead if persona is not None else None
+        if campaign is not None and lead is not None:
+            store = services.store
+            assert store is not None
+            tenant, phone = campaign.tenant, lead.phone
+            context.timezone = lead.timezone or campaign.schedule.timezone
+            context.window = window_for(
+                campaign.schedule,
+                lead.timezone,
+                phone,
+                parse_jurisdictions(settings.calling_hours),
+            )
+
+            async def opt_out() -> None:
+                await store.dnc_add(tenant, [phone])
+
+            context.opt_out = opt_out
+            if campaign.calendar is not None:
+                context.calendar = calendar_for(
+                    campaign.calendar,
+                    services.rest.session,
+                    settings.google_calendar_api_base,
+                )
+                context.meeting_title = campaign.calendar.meeting_title
+            if campaign.mcp_bindings:
+                self._mcp = asyncio.create_task(
+                    self._connect_mcp(context, campaign, persona), name="mcp"
+                )
+        return AgentTools(agent.tools, context, CallEffects())
+
+    async def _connect_mcp(
+        self, context: ToolContext, campaign: Campaign, persona: Persona | None
+    ) -> None:
+        """Hold the call's MCP sessions open, in one task, until the call ends.
+
+        The greeting does not wait: the tools are offered from the first
+        request after the sessions are up.
+        """
+        from pipelines.tools.mcp_tools import McpToolbox
+
+        fields = persona.fields if persona is not None else {}
+        async with McpToolbox.open(campaign.mcp_bindings, fields, log=self.log) as box:
+            context.mcp = box
+            try:
+                await self._mcp_done.wait()
+            finally:
+                context.mcp = None
 
     async def _finish(self) -> None:
         if not self.ws.closed:
@@ -246,6 +313,26 @@ class StreamSession:
             return
         reason = "agent_hung_up" if self._hung_up else self.end_reason
         record = await call.close(reason)
+        if self._mcp is not None:
+            self._mcp_done.set()
+            try:
+                await asyncio.wait_for(self._mcp, 2.0)
+            except Exception:  # a binding that fails to close must not lose the call
+                self.log.warning("MCP sessions did not close cleanly")
+        effects = call.effects
+        record.callback_at = effects.callback_at
+        record.callback_local = effects.callback_local
+        record.booking = effects.booking
+        record.opted_out = effects.opted_out
+        record.outcome, record.outcome_source = outcome_for(
+            record, effects.outcome, effects.opted_out
+        )
+        campaign = self._persona.campaign if self._persona is not None else None
+        if campaign is not None and any(f.extract for f in campaign.fields):
+            values, flags = await extract_fields(
+                self.services.llm, record.transcript, campaign.fields
+            )
+            record.extracted, record.extraction_flags = dict(values), flags
         record.bad_frames = dict(self.protocol.bad_frames)
         metrics = self.services.metrics
         metrics.active_calls.dec()

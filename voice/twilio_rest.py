@@ -54,6 +54,11 @@ class TwilioRest:
             self._session = aiohttp.ClientSession()
         return self._session
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP client session, shared with the call's other clients."""
+        return self._client()
+
     async def hang_up(self, call_sid: str) -> bool:
         """End a live call. Returns False when Twilio says it had already ended."""
         url = f"{self._base}/2010-04-01/Accounts/{self._account_sid}/Calls/{call_sid}.json"
