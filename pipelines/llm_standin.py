@@ -5,7 +5,8 @@ instead. It speaks the same wire format as the real API (streamed
 `chat.completion.chunk` events, tool calls in fragments, `[DONE]`, OpenAI-style
 error bodies) and answers from a `Script`: the first `Rule` whose pattern
 matches the last user message decides the reply. When the last message is a
-tool result, rules are matched against "tool:<name>" instead.
+tool result, rules are matched against "tool:<name>" instead, and a reply
+may quote the result as `{tool_result}`.
 
 A rule can also fail on purpose, the way real servers do:
 
@@ -23,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -110,8 +111,15 @@ class Script:
             fallback = self.default_reply
         for rule in self.rules:
             if rule.matches(subject):
-                return rule
-        return Rule(pattern="", reply=fallback)
+                return _quoting(rule, last)
+        return _quoting(Rule(pattern="", reply=fallback), last)
+
+
+def _quoting(rule: Rule, last: Mapping[str, Any]) -> Rule:
+    if "{tool_result}" not in rule.reply:
+        return rule
+    result = _text_of(last.get("content")) if last.get("role") == "tool" else ""
+    return replace(rule, reply=rule.reply.replace("{tool_result}", result))
 
 
 def _text_of(content: Any) -> str:
