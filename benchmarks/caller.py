@@ -293,6 +293,25 @@ class SimulatedCaller:
         """Speak 8 kHz PCM; returns once its last frame has been sent."""
         await self._queue(pcm_to_ulaw(pcm8k), speech=True)
 
+    async def wait_agent_done(
+        self, after: float = 0.0, quiet_s: float = 0.7, limit_s: float = 30.0
+    ) -> bool:
+        """Wait until the agent has spoken since `after` and then gone quiet.
+
+        Quiet is as the caller hears it: `quiet_s` past the end of playback
+        of everything received. False if `limit_s` passes or the stream ends.
+        """
+        deadline = time.monotonic() + limit_s
+        while not self._closed.is_set():
+            now = time.monotonic()
+            if now > deadline:
+                return False
+            spoke = bool(self.media_times) and self.media_times[-1] > after
+            if spoke and now - self._playout.emptied_at() >= quiet_s:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
     async def pause(self, seconds: float) -> None:
         """Stay silent for `seconds` of stream time."""
         await self._queue(_SILENCE[:1] * int(seconds * PHONE_RATE), speech=False)

@@ -113,6 +113,9 @@ class Scenario:
     answer: Answer
     ring_s: float = 1.0
     talk_s: float = 5.0
+    # What the callee says (8 kHz PCM), each once the agent has finished
+    # speaking; the call still ends after `talk_s` at the latest.
+    lines: tuple[Any, ...] = ()
 
 
 Script = Callable[[str, int], Scenario]
@@ -711,6 +714,7 @@ class CarrierStandin:
             asyncio.ensure_future(call.ended.wait()),
             asyncio.ensure_future(caller.wait_closed()),
         ]
+        talking = asyncio.ensure_future(self._speak(caller, call.scenario.lines))
         try:
             await asyncio.wait(
                 waits,
@@ -718,13 +722,23 @@ class CarrierStandin:
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            for waiting in waits:
+            for waiting in [*waits, talking]:
                 waiting.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+            await asyncio.gather(*waits, talking, return_exceptions=True)
             try:
                 await caller.hangup()
             except Exception as exc:  # the caller re-raises what broke its loops
                 call.media_error = f"stream failed: {exc!r}"
+
+    @staticmethod
+    async def _speak(caller: Any, lines: tuple[Any, ...]) -> None:
+        """The callee's part: each line after the agent's turn has played."""
+        after = 0.0
+        for pcm in lines:
+            if not await caller.wait_agent_done(after):
+                return
+            await caller.say(pcm)
+            after = time.monotonic()
 
     async def _fetch_twiml(self, call: StandinCall) -> str | None:
         assert self._session is not None
