@@ -37,6 +37,7 @@ from voice.server import Services, call_config, create_app
 from voice.settings import Settings
 from voice.twilio_rest import TwilioRest
 from voice.twilio_standin import TwilioStandin
+from voice.webhooks import WebhookSender
 
 # pipecat logs through loguru at DEBUG by default: route it as `serve` does.
 route_loguru()
@@ -234,7 +235,9 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
             call_config=call_config(settings),
             store=self.store,
             attempts=attempts,
+            webhooks=WebhookSender(self.session, first_delay_s=0.05),
         )
+        self.services = services
         self.runner = web.AppRunner(create_app(services))
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -251,6 +254,8 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
 
     async def __aexit__(self, *exc: object) -> None:
         await self.runner.cleanup()
+        if self.services.webhooks is not None:
+            await self.services.webhooks.close()
         await self.session.close()
         await self.llm.stop()
         await self.twilio.stop()

@@ -102,6 +102,7 @@ async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
     from voice.metrics import Metrics
     from voice.server import Services, call_config, create_app
     from voice.twilio_rest import TwilioRest
+    from voice.webhooks import WebhookSender
 
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(settings, stack, serving=True)
@@ -135,6 +136,8 @@ async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
             )
         session = aiohttp.ClientSession()
         stack.push_async_callback(session.close)
+        webhooks = WebhookSender(session)
+        stack.push_async_callback(webhooks.close)
         llm = ChatClient(
             LLMConfig(
                 base_url=base_url,
@@ -167,6 +170,7 @@ async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
             call_config=call_config(settings),
             store=store,
             attempts=attempts,
+            webhooks=webhooks,
         )
         runner = web.AppRunner(create_app(services), handle_signals=False)
         await runner.setup()

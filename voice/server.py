@@ -35,6 +35,7 @@ from voice.signature import SIGNATURE_HEADER, public_url, validate, validate_upg
 from voice.stream import StreamSession
 from voice.twilio_rest import TwilioRest
 from voice.twiml import connect_stream_twiml
+from voice.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from dialer.attempts import Attempts
@@ -59,6 +60,7 @@ class Services:
     call_config: CallConfig
     store: Store | None = None
     attempts: Attempts | None = None  # settles the dialer's attempts
+    webhooks: WebhookSender | None = None  # campaigns' call-result webhooks
 
 
 def call_config(settings: Settings) -> CallConfig:

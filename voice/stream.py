@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from campaign_store.models import Campaign
+from campaign_store.sink import to_model
 from dialer.window import parse_jurisdictions, window_for
 from pipelines.call import Agent, Call
 from pipelines.extract import extract_fields, outcome_for
@@ -351,3 +352,9 @@ class StreamSession:
         except OSError as exc:
             metrics.errors.inc(1.0, "sink")
             self.log.error("could not store the call record: %s", exc)
+        webhooks = self.services.webhooks
+        if campaign is not None and campaign.webhook is not None and webhooks:
+            payload = {"event": "call.completed", "call": to_model(record).model_dump()}
+            webhooks.send(
+                campaign.webhook.url, campaign.webhook.secret, record.call_id, payload
+            )

@@ -10,6 +10,10 @@ attempt, as the admin API shows it:
 - Bob asks for a callback: callback, due at the time he asked for;
 - Cy says "stop calling me" and the model ignores it: do not call, on the list;
 - Di is not interested: not interested, final.
+
+Each call's extracted fields land on the call and the lead (a value of the
+wrong type is flagged, not kept), and each result reaches the campaign's
+webhook, signed.
 """
 
 from __future__ import annotations
@@ -24,18 +28,21 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from campaign_store.models import (
     AgentInput,
     AgentTool,
     CalendarBinding,
     CampaignInput,
+    FieldDef,
     HourRange,
     Lead,
     LeadStatus,
     Pacing,
     PhoneChannel,
     Schedule,
+    WebhookBinding,
 )
 from campaign_store.store import Store, new_id
 from dialer.carrier_standin import CarrierStandin, Scenario
@@ -44,6 +51,9 @@ from dialer.twilio_carrier import TwilioCarrier
 from pipelines.tools.calendar_standin import CalendarStandin
 from tests.conftest import ANYTIME, run_harness
 from voice.settings import Settings
+from voice.webhooks import verify
+
+WEBHOOK_SECRET = "whsec_outcomes_test_secret"
 
 T = "acme"
 NY = "America/New_York"
@@ -52,6 +62,11 @@ CALLBACK = "2030-01-15T15:00"
 
 SCRIPT = {
     "rules": [
+        {
+            # The structured extraction after each call reads the transcript.
+            "pattern": r"^Agent:",
+            "reply": json.dumps({"visit_reason": "a checkup", "budget": "plenty"}),
+        },
         {
             "pattern": r"\bmeeting\b",
             "reply": "Let me book that.",
@@ -134,6 +149,18 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
         media=True,
     )
     await carrier.start()
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    receiver_app = web.Application()
+    receiver_app.router.add_post("/hook", hook)
+    receiver = web.AppRunner(receiver_app)
+    await receiver.setup()
+    await web.TCPSite(receiver, "127.0.0.1", 0).start()
+    hook_url = "http://{}:{}/hook".format(*receiver.addresses[0][:2])
     try:
         async with run_harness(
             models, settings, SCRIPT, store=store, rest_base=carrier.base_url
@@ -167,6 +194,10 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
                         timezone=NY,
                         pacing=Pacing(calls_per_minute=60, max_concurrent=4),
                     ),
+                    fields=[
+                        FieldDef(name="visit_reason", extract=True),
+                        FieldDef(name="budget", type="integer", extract=True),
+                    ],
                 ),
             )
             campaign = await store.edit_campaign(
@@ -177,7 +208,8 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
                     update={
                         "calendar": CalendarBinding(
                             calendar_id="clinic@example.com", credentials=credentials
-                        )
+                        ),
+                        "webhook": WebhookBinding(url=hook_url, secret=WEBHOOK_SECRET),
                     }
                 ),
             )
@@ -213,8 +245,12 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
                 waiting = (LeadStatus.NEW, LeadStatus.DIALING, LeadStatus.IN_CALL)
                 return all(lead.status not in waiting for lead in now)
 
+            async def hooked() -> bool:
+                return len(received) >= len(leads)
+
             try:
                 await _until(settled, 120)
+                await _until(hooked, 10)
             finally:
                 stop.set()
                 await running
@@ -255,7 +291,25 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
         assert di["lead"]["next_attempt_at"] is None
         for detail in details.values():
             assert detail["calls"][0]["transcript"][0]["speaker"] == "agent"
+            call = detail["calls"][0]
+            assert call["extracted"] == {"visit_reason": "a checkup"}
+            assert set(call["extraction_flags"]) == {"budget"}
+            assert detail["lead"]["fields"]["visit_reason"] == "a checkup"
         assert carrier.overlapping_calls() == []
+
+        outcomes = {}
+        for headers, body in received:
+            timestamp = int(headers["Voxdial-Signature"].split(",")[0][2:])
+            assert verify(
+                WEBHOOK_SECRET, headers["Voxdial-Signature"], body, now=timestamp
+            )
+            result = json.loads(body)["call"]
+            assert headers["Voxdial-Delivery"] == result["id"]
+            outcomes[result["lead_id"]] = result["outcome"]
+        assert sorted(outcomes.values()) == sorted(
+            ["qualified", "callback", "do_not_call", "not_interested"]
+        )
     finally:
+        await receiver.cleanup()
         await carrier.stop()
         await calendar.stop()
