@@ -35,6 +35,7 @@ key itself and carry no tag (one key per lookup).
     vx:active                 set   ids of active campaigns (the dialers' work list)
     vx:pausing                set   paused campaigns whose ringing calls to cancel
     vx:callsid:SID            "campaign id:attempt id" of a carrier call
+    vx:number:E164            set   campaigns calling from this number (inbound)
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ PAUSING = f"{PREFIX}:pausing"
 
 def call_sid(sid: str) -> str:
     return f"{PREFIX}:callsid:{sid}"
+
+
+def caller_id(number: str) -> str:
+    return f"{PREFIX}:number:{number}"
 
 
 def api_key(key_hash: str) -> str:

@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from campaign_store import codec
+from campaign_store import codec, keys
 from campaign_store.errors import Conflict, NotFound, ServerUnsuitable, StoreError
 from campaign_store.keys import ACTIVE, PAUSING, CampaignKeys, TenantKeys, api_key
 from campaign_store.models import (
@@ -358,6 +358,7 @@ class Store:
             pipe.set(ck.state, campaign.status.value)
             await pipe.execute()
         await self.redis.zadd(tk.campaigns, {campaign.id: order})
+        await self._index_number(campaign)
         return campaign
 
     async def get_campaign(self, tenant: str, campaign_id: str) -> Campaign:
@@ -429,10 +430,56 @@ class Store:
             return updated
 
         key = CampaignKeys(campaign_id).record
+        before = await self.campaign_by_id(campaign_id)
         updated: Campaign = await self._update(
             key, "campaign", Campaign, campaign_id, guarded
         )
+        if part == "channel":
+            await self._index_number(before, remove=True)
+            await self._index_number(updated)
         return updated
+
+    async def _index_number(self, campaign: Campaign, *, remove: bool = False) -> None:
+        channel = campaign.channel
+        if channel is None or channel.kind != "phone":
+            return
+        key = keys.caller_id(channel.caller_id)
+        if remove:
+            await self.redis.srem(key, campaign.id)
+        else:
+            await self.redis.sadd(key, campaign.id)
+
+    async def campaign_for_number(self, number: str) -> Campaign | None:
+        """The campaign an inbound call to `number` belongs to.
+
+        Several campaigns may call from one number: the active one wins, then
+        the paused one, then the most recently updated; archived ones never.
+        """
+        ids = sorted(
+            i.decode() for i in await self.redis.smembers(keys.caller_id(number))
+        )
+        rank = {CampaignStatus.ACTIVE: 0, CampaignStatus.PAUSED: 1}
+        found: list[tuple[int, float, Campaign]] = []
+        for campaign_id in ids:
+            try:
+                campaign = await self.campaign_by_id(campaign_id)
+            except NotFound:
+                continue
+            if campaign.status is not CampaignStatus.ARCHIVED:
+                order = rank.get(campaign.status, 2)
+                found.append((order, -campaign.updated_at, campaign))
+        found.sort(key=lambda item: item[:2])
+        return found[0][2] if found else None
+
+    async def lead_for_number(self, campaign_id: str, number: str) -> Lead | None:
+        """The campaign's lead with this phone number, if any."""
+        lead_id = await self.redis.hget(CampaignKeys(campaign_id).phones, number)
+        if lead_id is None:
+            return None
+        try:
+            return await self.lead_by_id(campaign_id, lead_id.decode())
+        except NotFound:
+            return None
 
     async def transition(
         self, tenant: str, campaign_id: str, action: str, *, when: float | None = None

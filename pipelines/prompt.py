@@ -73,6 +73,14 @@ def system_prompt(
     return "\n\n".join(p for p in parts if p)
 
 
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.!?;:])")
+
+
 def greeting(template: str, fields: Mapping[str, object]) -> str:
-    """The first words of the call, with the same cleaned values."""
-    return render_template(template, _clean(fields)).strip()
+    """The first words of the call, with the same cleaned values.
+
+    A placeholder with no value leaves no stray space: "Hello {{name}}," for
+    an unknown caller reads "Hello,".
+    """
+    text = render_template(template, _clean(fields))
+    return " ".join(_SPACE_BEFORE_PUNCTUATION.sub(r"\1", text).split())

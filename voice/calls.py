@@ -25,6 +25,8 @@ class ExpectedCall:
     lead_id: str = ""
     campaign_id: str = ""
     fields: dict[str, str] = field(default_factory=dict)
+    caller: str = ""  # the caller's number, for calls the lead placed to us
+    inbound: bool = False
 
 
 class CallDirectory:

@@ -49,10 +49,28 @@ def lead_fields(lead: Lead) -> dict[str, str]:
     return fields
 
 
-async def persona_for(store: Store, campaign_id: str, lead_id: str) -> Persona | None:
+INBOUND_NOTE = (
+    "This call is inbound: the person called this number back, so they may "
+    "be returning a missed call or a voicemail."
+)
+
+
+def _history(lead: Lead) -> str:
+    if not lead.attempts:
+        return ""
+    last = f", the last ended as {lead.last_outcome}" if lead.last_outcome else ""
+    return f"Earlier calls to this lead: {lead.attempts}{last}."
+
+
+async def persona_for(
+    store: Store, campaign_id: str, lead_id: str, *, inbound: bool = False
+) -> Persona | None:
+    """The campaign's agent for a call with this lead ("" : an unknown caller)."""
+    lead: Lead | None = None
     try:
         campaign = await store.campaign_by_id(campaign_id)
-        lead = await store.lead_by_id(campaign_id, lead_id)
+        if lead_id:
+            lead = await store.lead_by_id(campaign_id, lead_id)
         if campaign.agent_id is None:
             return None
         agent = await store.get_agent(campaign.tenant, campaign.agent_id)
@@ -63,10 +81,14 @@ async def persona_for(store: Store, campaign_id: str, lead_id: str) -> Persona |
             "campaign %s: persona unavailable (%s); default agent", campaign_id, exc
         )
         return None
+    prompt = agent.system_prompt
+    if inbound:
+        notes = [INBOUND_NOTE, _history(lead) if lead is not None else ""]
+        prompt = "\n\n".join(p for p in (prompt, *notes) if p)
     return Persona(
-        agent.system_prompt,
+        prompt,
         agent.greeting,
-        lead_fields(lead),
+        lead_fields(lead) if lead is not None else {},
         tools=tuple(str(t) for t in agent.tools),
         campaign=campaign,
         lead=lead,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +29,7 @@ from pipelines.turns import TurnParams
 from pipelines.vad import VadParams
 from voice import admin
 from voice.calls import CallDirectory, ExpectedCall
+from voice.logs import mask_number
 from voice.metrics import Metrics
 from voice.settings import Settings
 from voice.signature import SIGNATURE_HEADER, public_url, validate, validate_upgrade
@@ -191,6 +192,8 @@ async def twiml_webhook(request: web.Request) -> web.Response:
             if k.startswith(FIELD_PREFIX)
         },
     )
+    if form.get("Direction") == "inbound" and not expected.campaign_id:
+        expected = await _inbound(services, expected, form)
     nonce = services.directory.register(expected)
     body = connect_stream_twiml(
         _stream_url(settings, request),
@@ -202,6 +205,38 @@ async def twiml_webhook(request: web.Request) -> web.Response:
         },
     )
     return web.Response(text=body, content_type="text/xml")
+
+
+async def _inbound(
+    services: Services, expected: ExpectedCall, form: MultiDictProxy[str]
+) -> ExpectedCall:
+    """A call to one of our numbers: the campaign's agent, and its lead if known.
+
+    The campaign is the one calling from the dialed number (`To`); the lead
+    is the campaign's lead with the caller's number (`From`). An unknown
+    caller still gets the campaign's agent, without lead fields.
+    """
+    if services.store is None:
+        return expected
+    to, caller = form.get("To", ""), form.get("From", "")
+    campaign = await services.store.campaign_for_number(to)
+    if campaign is None:
+        log.info("inbound call to %s: no campaign uses that number", mask_number(to))
+        return expected
+    lead = await services.store.lead_for_number(campaign.id, caller)
+    log.info(
+        "inbound call from %s for campaign %s (%s)",
+        mask_number(caller),
+        campaign.id,
+        f"lead {lead.id}" if lead else "unknown caller",
+    )
+    return replace(
+        expected,
+        campaign_id=campaign.id,
+        lead_id=lead.id if lead else "",
+        caller=caller,
+        inbound=True,
+    )
 
 
 async def media_stream(request: web.Request) -> web.StreamResponse:

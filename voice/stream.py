@@ -103,6 +103,7 @@ class StreamSession:
         self._mcp: asyncio.Task[None] | None = None
         self._mcp_done = asyncio.Event()
         self._persona: Persona | None = None
+        self._expected = ExpectedCall(call_id="", call_sid="")
 
     # CallIO: the only three messages we send, plus hanging up.
 
@@ -224,9 +225,13 @@ class StreamSession:
         agent = Agent(settings.agent_system_prompt, settings.agent_greeting)
         fields = dict(expected.fields)
         persona = None
-        if services.store is not None and expected.campaign_id and expected.lead_id:
+        self._expected = expected
+        if services.store is not None and expected.campaign_id:
             persona = await persona_for(
-                services.store, expected.campaign_id, expected.lead_id
+                services.store,
+                expected.campaign_id,
+                expected.lead_id,
+                inbound=expected.inbound,
             )
             if persona is not None:
                 agent = Agent(persona.system_prompt, persona.greeting, persona.tools)
@@ -259,14 +264,16 @@ class StreamSession:
         context = ToolContext(call_id=record.call_id)
         campaign = persona.campaign if persona is not None else None
         lead = persona.lead if persona is not None else None
-        if campaign is not None and lead is not None:
+        phone = lead.phone if lead is not None else self._expected.caller
+        if campaign is not None and phone:
             store = services.store
             assert store is not None
-            tenant, phone = campaign.tenant, lead.phone
-            context.timezone = lead.timezone or campaign.schedule.timezone
+            tenant = campaign.tenant
+            zone = lead.timezone if lead is not None else None
+            context.timezone = zone or campaign.schedule.timezone
             context.window = window_for(
                 campaign.schedule,
-                lead.timezone,
+                zone,
                 phone,
                 parse_jurisdictions(settings.calling_hours),
             )
