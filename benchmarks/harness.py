@@ -43,7 +43,14 @@ from voice.settings import Settings
 from voice.twilio_rest import TwilioRest
 from voice.twilio_standin import TwilioStandin
 
-__all__ = ["BenchServer", "Served", "rss_mb", "running_server", "serve_subprocess"]
+__all__ = [
+    "BenchServer",
+    "Served",
+    "cpu_seconds",
+    "rss_mb",
+    "running_server",
+    "serve_subprocess",
+]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +156,13 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -164,7 +178,7 @@ def _serve_command() -> list[str]:
 
 
 def _spawn(
-    workdir: Path, port: int, llm_base_url: str
+    workdir: Path, port: int, llm_base_url: str, extra_env: Mapping[str, str]
 ) -> tuple[subprocess.Popen[bytes], Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXDIAL_")}
@@ -176,6 +190,7 @@ def _spawn(
         VOXDIAL_LLM_BASE_URL=llm_base_url,
         VOXDIAL_LOG_LEVEL="WARNING",
     )
+    env.update(extra_env)
     log_path = workdir / "serve.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -194,7 +209,10 @@ def _log_tail(path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def serve_subprocess(
-    workdir: Path, llm_base_url: str, limit_s: float = 120.0
+    workdir: Path,
+    llm_base_url: str,
+    limit_s: float = 120.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Served]:
     """`voxdial serve` on a free loopback port, healthy; stopped on exit.
 
@@ -202,7 +220,7 @@ async def serve_subprocess(
     its log goes to `workdir/serve.log`.
     """
     port = _free_port()
-    process, log_path = _spawn(workdir, port, llm_base_url)
+    process, log_path = _spawn(workdir, port, llm_base_url, extra_env or {})
     url = f"http://127.0.0.1:{port}"
     served = Served(process.pid, url, f"ws://127.0.0.1:{port}/twilio/stream", log_path)
     try:

@@ -8,18 +8,38 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from pipelines.stt import WhisperSTT
-from pipelines.tts import PiperTTS
+from pipelines.audio import Int16Array
+from pipelines.stt import Transcript
 from pipelines.turn import SmartTurn
 from pipelines.vad import SileroVAD
 
-__all__ = ["Models", "shared_models"]
+__all__ = ["Models", "SpeechToText", "TextToSpeech", "shared_models"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+
+class SpeechToText(Protocol):
+    """What a call needs of STT (`pipelines.stt.WhisperSTT`)."""
+
+    async def transcribe(
+        self, pcm: Int16Array, sample_rate: int = 8000
+    ) -> Transcript: ...
+    def transcribe_sync(
+        self, pcm: Int16Array, sample_rate: int = 8000
+    ) -> Transcript: ...
+    def shutdown(self) -> None: ...
+
+
+class TextToSpeech(Protocol):
+    """What a call needs of TTS (`pipelines.tts.PiperTTS`)."""
+
+    async def synthesize(self, text: str) -> Int16Array: ...
+    def synthesize_sync(self, text: str, sample_rate: int = ...) -> Int16Array: ...
+    def shutdown(self) -> None: ...
 
 
 @dataclass
@@ -28,8 +48,8 @@ class Models:
 
     vad: SileroVAD
     smart_turn: SmartTurn | None
-    stt: WhisperSTT
-    tts: PiperTTS
+    stt: SpeechToText
+    tts: TextToSpeech
 
     @classmethod
     def load(
@@ -43,6 +63,10 @@ class Models:
         smart_turn: bool = True,
     ) -> Models:
         """Load (and warm up) each model; blocks for a few seconds."""
+        # Imported here: the `local` extra is needed only for real speech.
+        from pipelines.stt import WhisperSTT
+        from pipelines.tts import PiperTTS
+
         started = time.perf_counter()
         vad = _timed("Silero VAD", SileroVAD)
         turn = _timed("Smart Turn v3", SmartTurn) if smart_turn else None
@@ -57,6 +81,19 @@ class Models:
         )
         log.info("models loaded in %.2f s", time.perf_counter() - started)
         return cls(vad=vad, smart_turn=turn, stt=stt, tts=tts)
+
+    @classmethod
+    def instant(cls, smart_turn: bool = True) -> Models:
+        """The real VAD and turn model; STT and TTS that answer at once.
+
+        For benchmarks of the server's own cost: turn detection is the
+        server's job whoever transcribes, so Smart Turn stays real.
+        """
+        from pipelines.instant import InstantSTT, InstantTTS
+
+        vad = _timed("Silero VAD", SileroVAD)
+        turn = _timed("Smart Turn v3", SmartTurn) if smart_turn else None
+        return cls(vad=vad, smart_turn=turn, stt=InstantSTT(), tts=InstantTTS())
 
     def shutdown(self) -> None:
         """Stop every worker thread; the models cannot be used afterwards."""

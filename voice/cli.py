@@ -3,6 +3,7 @@
     voxdial serve     the media server (TwiML webhook, media streams, metrics,
                       the admin API under /api/v1)
     voxdial dialer    a dialer process: active campaigns' leads into calls
+    voxdial bench     load test: concurrent calls and latency, against a baseline
     voxdial apikey | leads | campaign    the operator's moves (see admin_cli)
 
 With no `VOXDIAL_LLM_BASE_URL`, `serve` starts the local LLM stand-in in the
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--host", help="override VOXDIAL_HOST")
     serve.add_argument("--port", type=int, help="override VOXDIAL_PORT")
     commands.add_parser("dialer", help="run a dialer process (several may run)")
+    from benchmarks.report import add_command as add_bench
+
+    add_bench(commands)
     add_commands(commands)
     args = parser.parse_args(argv)
 
@@ -78,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.setup(settings.log_level)
     if args.command == "serve":
         asyncio.run(serve_forever(settings))
+    elif args.command == "bench":
+        from benchmarks.report import run_bench
+
+        raise SystemExit(asyncio.run(run_bench(args)))
     elif args.command == "dialer":
         from dialer.service import run_dialer
 
@@ -95,11 +103,11 @@ async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
     from dialer.window import parse_jurisdictions
     from pipelines.llm import ChatClient, LLMConfig
     from pipelines.llm_standin import Script, StandinServer
-    from pipelines.models import shared_models
+    from pipelines.models import Models, shared_models
     from pipelines.record import FileCallSink
     from voice.admin_cli import open_store
     from voice.calls import CallDirectory
-    from voice.metrics import Metrics
+    from voice.metrics import Metrics, watch_loop_lag
     from voice.server import Services, call_config, create_app
     from voice.twilio_rest import TwilioRest
     from voice.webhooks import WebhookSender
@@ -111,15 +119,21 @@ async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
         )
 
         started = time.monotonic()
-        models = await asyncio.to_thread(
-            shared_models,
-            stt_beam_size=settings.stt_beam_size,
-            stt_threads=settings.stt_threads,
-            stt_workers=settings.stt_workers,
-            tts_workers=settings.tts_workers,
-            tts_speed=settings.tts_speed,
-            smart_turn=settings.smart_turn,
-        )
+        if settings.speech == "instant":
+            log.warning(
+                "VOXDIAL_SPEECH=instant: STT and TTS are stand-ins (benchmarks)"
+            )
+            models = await asyncio.to_thread(Models.instant, settings.smart_turn)
+        else:
+            models = await asyncio.to_thread(
+                shared_models,
+                stt_beam_size=settings.stt_beam_size,
+                stt_threads=settings.stt_threads,
+                stt_workers=settings.stt_workers,
+                tts_workers=settings.tts_workers,
+                tts_speed=settings.tts_speed,
+                smart_turn=settings.smart_turn,
+            )
         stack.callback(models.shutdown)
         log.info("models ready in %.1f s", time.monotonic() - started)
 
@@ -177,6 +191,8 @@ async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        lag = asyncio.create_task(watch_loop_lag(services.metrics), name="loop-lag")
+        stack.callback(lag.cancel)
         yield runner
 
 

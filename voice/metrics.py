@@ -7,6 +7,7 @@ for the 20 ms path; rendering happens only when `/metrics` is scraped.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 from collections.abc import Iterable, Sequence
@@ -155,6 +156,14 @@ class Metrics:
             "Onset of caller speech over the agent to `clear` sent.",
             _LATENCY_BUCKETS,
         )
+        self.loop_lag = Histogram(
+            "voxdial_event_loop_lag_seconds",
+            "How late a 50 ms timer of the event loop fired.",
+            (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self.loop_lag_max = Gauge(
+            "voxdial_event_loop_lag_max_seconds", "The worst event-loop lag seen."
+        )
 
     def render(self) -> str:
         metrics: list[_Metric] = [
@@ -168,5 +177,23 @@ class Metrics:
             self.errors,
             self.turn_latency,
             self.barge_in_latency,
+            self.loop_lag,
+            self.loop_lag_max,
         ]
         return "".join(m.render() for m in metrics)
+
+
+async def watch_loop_lag(metrics: Metrics, period_s: float = 0.05) -> None:
+    """Run forever, timing how late each `period_s` sleep wakes up.
+
+    Lag is what every frame of every call waits on top of its own work: a
+    model run on the loop, a long JSON dump or GC pause all show up here.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(period_s)
+        lag = max(0.0, loop.time() - started - period_s)
+        metrics.loop_lag.observe(lag)
+        if lag > metrics.loop_lag_max.value():
+            metrics.loop_lag_max.set(lag)

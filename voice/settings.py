@@ -130,7 +130,14 @@ class Settings:
     )
     agent_greeting: str = "Hello {{name}}, this is the assistant from {{company}}."
 
-    # Speech models.
+    # Speech models. `instant`: STT and TTS stand-ins that answer at once,
+    # the real VAD and audio path (benchmarks of the server's own cost).
+    speech: str = field(
+        default="local",
+        metadata=_check(
+            lambda v: v in {"local", "instant"}, "must be local or instant"
+        ),
+    )
     stt_beam_size: int = field(default=1, metadata=_positive())
     stt_threads: int = field(default=2, metadata=_positive())
     stt_workers: int = field(default=1, metadata=_positive())
