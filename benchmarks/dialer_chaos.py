@@ -36,10 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from benchmarks.harness import Served, _free_port, _wait_healthy
 from campaign_store.keys import CampaignKeys
 from campaign_store.models import (
     AgentInput,
+    CallRecordModel,
     CampaignInput,
     FollowUpRule,
     HourRange,
@@ -50,6 +53,8 @@ from campaign_store.models import (
 )
 from campaign_store.redis_server import embedded_redis
 from campaign_store.store import Store, new_id
+from dialer.attempts import Attempts
+from dialer.call_status import CallStatus
 from dialer.carrier_standin import Answer, CarrierStandin, Scenario
 from dialer.lifecycle import FINAL
 from dialer.window import window_for
@@ -305,12 +310,16 @@ async def run_chaos(profile: ChaosProfile, workdir: Path) -> ChaosReport:
                 )
                 await store.transition(TENANT, cid, "launch")
                 dialers = _Dialers(profile.dialers, env, workdir)
+                records = asyncio.create_task(_store_records(store, carrier))
                 try:
                     await _chaos(
                         store, cid, dialers, redis, profile, report, rng, carrier
                     )
                 finally:
                     dialers.stop()
+                    records.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await records
                 await _settle_wait(store, cid, 15.0)
                 campaign = await store.campaign_by_id(cid)
                 limit = max(r.max_attempts for r in campaign.follow_ups)
@@ -323,6 +332,49 @@ async def run_chaos(profile: ChaosProfile, workdir: Path) -> ChaosReport:
         redis.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+async def _store_records(store: Store, carrier: CarrierStandin) -> None:
+    """Store each answered call's record, as `voxdial serve` does at its end.
+
+    The stand-in opens no media stream here (the agent's models would be the
+    bottleneck, not the dialers), so nothing else would store the records
+    that settle a call a person answered.
+    """
+    attempts = Attempts(store)
+    done: set[str] = set()
+    while True:
+        await asyncio.sleep(0.05)
+        for call in list(carrier.calls.values()):
+            if (
+                call.sid in done
+                or call.ended_at is None
+                or call.answered_at is None
+                or call.answered_by != "human"
+            ):
+                continue
+            cid, _, attempt_id = call.attempt.partition(":")
+            try:
+                attempt = await attempts.get(cid, attempt_id)
+                if attempt is None:
+                    continue  # its record is not yet back from a Redis restart
+                await store.save_call(
+                    CallRecordModel(
+                        id=attempt_id,
+                        campaign_id=cid,
+                        lead_id=attempt.lead_id,
+                        call_sid=call.sid,
+                        created_at=call.created_at,
+                        answered_at=call.answered_at,
+                        ended_at=call.ended_at,
+                        end_reason="caller_hangup",
+                        outcome="completed",
+                    )
+                )
+                await attempts.maybe_settle(cid, attempt_id)
+            except (RedisError, OSError):
+                continue  # Redis restarting: tried again on the next round
+            done.add(call.sid)
 
 
 async def _open_work(store: Store, cid: str) -> int:
@@ -403,8 +455,20 @@ def _check(
 ) -> None:
     report.calls = len(carrier.calls)
     report.overlapping = len(carrier.overlapping_calls())
-    per_number = Counter(c.to for c in carrier.calls.values())
-    report.over_limit = sum(1 for n in per_number.values() if n > max_attempts)
+    # A call canceled by the pause while it rang is not held against its lead
+    # (`dialer.lifecycle`): the limit counts the others.
+    per_number = Counter(
+        c.to for c in carrier.calls.values() if c.status is not CallStatus.CANCELED
+    )
+    for number, count in per_number.items():
+        if count > max_attempts:
+            report.over_limit += 1
+            calls = carrier.calls_to(number)
+            history = ", ".join(
+                f"{c.status.value}@{c.created_at - calls[0].created_at:.1f}s"
+                for c in calls
+            )
+            report.notes.append(f"over the limit: ...{number[-4:]}: {history}")
     by_phone = {lead.phone: lead for lead in leads}
     for call in carrier.calls.values():
         lead = by_phone.get(call.to)

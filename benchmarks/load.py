@@ -338,11 +338,28 @@ async def _barge_in_turn(
         stats.barge_ins_missed += 1
     else:
         stats.barge_in_s.append(cleared - onset)
-        stats.frames_after_clear += sum(
-            1 for t in caller.media_times if cleared < t <= stopped
-        )
+        stats.frames_after_clear += _tail_after(caller.media_times, cleared, stopped)
     await caller.wait_agent_done(stopped, quiet_s=0.4, limit_s=40)
 
+
+def _tail_after(media_times: Sequence[float], cleared: float, until: float) -> int:
+    """Frames of the cut reply that still arrived after its `clear`.
+
+    They would follow the clear without a pause; the agent's answer to the
+    interruption comes only after the caller's turn has ended, which takes
+    more silence than `_TAIL_GAP_S`, so the count stops at the first pause.
+    """
+    count, previous = 0, cleared
+    for t in media_times:
+        if t <= cleared:
+            continue
+        if t > until or t - previous > _TAIL_GAP_S:
+            break
+        count, previous = count + 1, t
+    return count
+
+
+_TAIL_GAP_S = 0.15
 
 # A step: N calls at once against one target.
 

@@ -153,13 +153,18 @@ class Attempts:
         result = result_of(attempt, record)
         callback_at = None
         if record is not None:
-            value = record.extracted.get("callback_at")
-            if isinstance(value, int | float):
-                callback_at = float(value)
-        return await self.settle(attempt, result, callback_at=callback_at)
+            callback_at = record.callback_at
+        return await self.settle(
+            attempt, result, callback_at=callback_at, record=record
+        )
 
     async def settle(
-        self, attempt: Attempt, result: Result, *, callback_at: float | None = None
+        self,
+        attempt: Attempt,
+        result: Result,
+        *,
+        callback_at: float | None = None,
+        record: CallRecordModel | None = None,
     ) -> bool:
         """Move the lead on after `attempt` and release it; False if already done."""
         now = self.clock()
@@ -169,9 +174,11 @@ class Attempts:
             campaign.schedule, lead.timezone, lead.phone, self.jurisdictions
         )
         number = attempt.number
-        if result is Result.CANCELED:
+        refund = result is Result.CANCELED
+        if refund:
             # Not held against the lead: the campaign was paused while it rang.
-            await self.redis.hincrby(CampaignKeys(campaign.id).attempts, lead.id, -1)
+            # The count goes down with the release, so only by the settler
+            # that still holds the lease (two settlers may race here).
             number -= 1
         settled = settle(
             result,
@@ -186,6 +193,14 @@ class Attempts:
             lead.status = settled.status
         lead.attempts = number
         lead.last_outcome = result.value
+        if record is not None:
+            # What the store links when it saves the call, written here too:
+            # the two writes may race, and this one replaces the whole lead.
+            if record.id not in lead.calls:
+                lead.calls.append(record.id)
+            for name, value in record.extracted.items():
+                if value is not None and value != "":
+                    lead.fields[name] = value
         lead.next_attempt_at = None if settled.final else settled.next_attempt_at
         lead.updated_at = now
         released = await self.claims.release(
@@ -198,6 +213,7 @@ class Attempts:
             seq=lead.seq,
             status_from=previous.value,
             status_to=lead.status.value,
+            refund=refund,
         )
         if not released:
             # Someone else settled it, or its lease was taken over: only

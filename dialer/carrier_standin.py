@@ -116,6 +116,11 @@ class Scenario:
     # What the callee says (8 kHz PCM), each once the agent has finished
     # speaking; the call still ends after `talk_s` at the latest.
     lines: tuple[Any, ...] = ()
+    # Said over the agent once `lines` are done: it starts `barge_in_after_s`
+    # (real seconds: speech is never scaled) after the agent's next reply
+    # begins to arrive, whether or not that reply has finished.
+    barge_in_line: Any = None
+    barge_in_after_s: float = 1.5
 
 
 Script = Callable[[str, int], Scenario]
@@ -714,7 +719,7 @@ class CarrierStandin:
             asyncio.ensure_future(call.ended.wait()),
             asyncio.ensure_future(caller.wait_closed()),
         ]
-        talking = asyncio.ensure_future(self._speak(caller, call.scenario.lines))
+        talking = asyncio.ensure_future(self._speak(caller, call.scenario))
         try:
             await asyncio.wait(
                 waits,
@@ -731,14 +736,26 @@ class CarrierStandin:
                 call.media_error = f"stream failed: {exc!r}"
 
     @staticmethod
-    async def _speak(caller: Any, lines: tuple[Any, ...]) -> None:
+    async def _speak(caller: Any, scenario: Scenario) -> None:
         """The callee's part: each line after the agent's turn has played."""
         after = 0.0
-        for pcm in lines:
+        for pcm in scenario.lines:
             if not await caller.wait_agent_done(after):
                 return
             await caller.say(pcm)
             after = time.monotonic()
+        if scenario.barge_in_line is None:
+            return
+        # Over the agent: wait for its next reply to start, then cut in.
+        while (started := caller.first_audio_after(after)) is None:
+            if caller.closed:
+                return
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(
+            max(0.0, started + scenario.barge_in_after_s - time.monotonic())
+        )
+        if not caller.closed:
+            await caller.say(scenario.barge_in_line)
 
     async def _fetch_twiml(self, call: StandinCall) -> str | None:
         assert self._session is not None

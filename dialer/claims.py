@@ -17,9 +17,13 @@ The rules the scripts enforce, whatever any dialer process believes:
 2. record: before the carrier is asked to dial, the attempt is recorded under
    that token. A dialer whose lease was lost (expired, reclaimed) is refused,
    and so is every dialer once the campaign is not active: after a pause is
-   written no attempt starts.
+   written no attempt starts. confirm: the same checks once more at the last
+   moment before the dial request goes out, for a dialer that was stopped
+   (SIGSTOP, a long GC, a VM migration) between recording and dialing.
 3. renew / release / settle: only the token's holder may extend its lease or
    let the lead go; a released lead is due again at the given time (or never).
+   An attempt given back (canceled by a pause) is taken off the lead's count
+   by the release itself, so a settlement racing another refunds it once.
 
 A lease that expires without an attempt recorded goes back to the queue. One
 that expires with an attempt recorded is reconciled first (the dial may have
@@ -89,6 +93,21 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), lead)
 return {1, made}
 """
 
+_CONFIRM = """
+-- KEYS: state leases lease_info
+-- ARGV: lead token now_ms until_ms
+local info = redis.call('HGET', KEYS[3], ARGV[1])
+if not info then return 'no_lease' end
+if string.match(info, '^(%d+)|') ~= ARGV[2] then return 'fenced' end
+local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not expiry or tonumber(expiry) <= tonumber(ARGV[3]) then
+  return 'lease_expired'
+end
+if redis.call('GET', KEYS[1]) ~= 'active' then return 'not_active' end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[1])
+return 'held'
+"""
+
 _RENEW = """
 -- KEYS: leases lease_info
 -- ARGV: lead token until_ms
@@ -100,12 +119,15 @@ return 1
 
 _RELEASE = """
 -- KEYS: leases lease_info due open placing lead_key status_from status_to
+--       attempts
 -- ARGV: lead token due_at_ms_or_empty attempt_id_or_empty lead_record_or_empty
---       seq
+--       seq refund
 local lead, token = ARGV[1], ARGV[2]
 local info = redis.call('HGET', KEYS[2], lead)
 if not info or string.match(info, '^(%d+)|') ~= token then return 0 end
 redis.call('HDEL', KEYS[2], lead)
+-- An attempt not held against the lead is given back with the lease, once.
+if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[9], lead, -1) end
 redis.call('ZREM', KEYS[1], lead)
 if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[4], ARGV[4])
@@ -157,6 +179,7 @@ class Claims:
         self._claim = redis.register_script(_CLAIM)
         self._record = redis.register_script(_RECORD)
         self._renew = redis.register_script(_RENEW)
+        self._confirm = redis.register_script(_CONFIRM)
         self._release = redis.register_script(_RELEASE)
         self._write = redis.register_script(_WRITE)
 
@@ -226,6 +249,15 @@ class Claims:
             return int(value)
         return str(value.decode() if isinstance(value, bytes) else value)
 
+    async def confirm(self, claim: Claim, *, now_ms: int, until_ms: int) -> str:
+        """ "held" (and the lease extended), or why the dial must not go out."""
+        ck = CampaignKeys(claim.campaign_id)
+        value = await self._confirm(
+            keys=[ck.state, ck.leases, ck.lease_info],
+            args=[claim.lead_id, claim.token, now_ms, until_ms],
+        )
+        return str(value.decode() if isinstance(value, bytes) else value)
+
     async def renew(self, claim: Claim, until_ms: int) -> bool:
         ck = CampaignKeys(claim.campaign_id)
         done = await self._renew(
@@ -243,18 +275,24 @@ class Claims:
         seq: int = 0,
         status_from: str = "",
         status_to: str = "",
+        refund: bool = False,
     ) -> bool:
-        """Let the lead go (due again at `due_at_ms`, or never), writing its record."""
+        """Let the lead go (due again at `due_at_ms`, or never), writing its record.
+
+        `refund` takes the attempt back from the lead's count (a call canceled
+        by a pause), in the same step, so that only the holder does it.
+        """
         ck = CampaignKeys(claim.campaign_id)
         keys = [
             ck.leases, ck.lease_info, ck.due, ck.open, ck.placing,
             ck.lead(claim.lead_id),
             ck.status(status_from or "none"), ck.status(status_to or "none"),
+            ck.attempts,
         ]  # fmt: skip
         args = [
             claim.lead_id, claim.token,
             "" if due_at_ms is None else due_at_ms,
-            attempt_id, lead_record, seq,
+            attempt_id, lead_record, seq, "1" if refund else "",
         ]  # fmt: skip
         done = await self._release(keys=keys, args=args)
         return bool(done)

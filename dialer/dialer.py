@@ -3,9 +3,9 @@
 Each tick, for every active campaign:
 
 1. Leads due by now are read from the campaign's `due` index (oldest first),
-   never by scanning the lead list. A lead whose calling window is closed is
-   moved in the index to the moment it opens, so it is not looked at again
-   before then.
+   never by scanning the lead list. A lead whose calling window is closed (or
+   closes within `START_MARGIN_S`) is moved in the index to the moment it
+   opens, so it is not looked at again before then.
 2. Each lead whose window is open is claimed (`dialer.claims`); each claim
    becomes an attempt task: record the attempt under the claim's token, wait
    for the carrier-wide pace, ask the carrier to dial, keep the lease alive
@@ -180,8 +180,12 @@ class Dialer:
             )
             now = self.clock()
             closes = window.closes_at(now)
-            if closes is None:
-                opens = window.next_open(now, horizon_days=31)
+            if closes is None or closes - START_MARGIN_S <= now:
+                # Closed, or too near its end to start a call: not looked at
+                # again before the window (re)opens.
+                opens = window.next_open(
+                    now if closes is None else closes, horizon_days=31
+                )
                 if opens is not None:
                     await self.redis.zadd(ck.due, {lead.id: int(opens * 1000)}, xx=True)
                 continue
@@ -252,6 +256,14 @@ class Dialer:
 
         attempt = await self.attempts.update(campaign.id, attempt_id, numbered)
         await self._wait_for_carrier_slot(attempt_id)
+        # The wait may have been long (or this process stopped): the lease is
+        # checked again, as late as can be, before anything reaches the carrier.
+        held = await self.claims.confirm(
+            claim, now_ms=self._now_ms(), until_ms=self._now_ms() + lease_ms
+        )
+        if held != "held":
+            await self._not_sent(claim, attempt, held)
+            return
         request = DialRequest(
             attempt_id=attempt_id,
             to=lead.phone,
@@ -288,6 +300,24 @@ class Dialer:
             # Paused while the request was on its way: it must not ring on.
             await self._cancel(campaign.id, attempt_id, sid)
         await self._hold(claim, campaign.id, attempt_id)
+
+    async def _not_sent(self, claim: Claim, attempt: Attempt, reason: str) -> None:
+        """The dial was refused at the last check: no request went out."""
+        log.info("dial of attempt %s not sent: %s", attempt.id, reason)
+        await self.redis.zrem(CampaignKeys(attempt.campaign_id).placing, attempt.id)
+        if reason in ("fenced", "no_lease"):
+            return  # a reaper settled the attempt; the lead is someone else's
+
+        # Still this dialer's lead (expired, or the campaign paused): the
+        # attempt is given back and the lead is due again.
+        def unsent(current: Attempt) -> Attempt:
+            current.placed = "not_placed"
+            current.carrier_status = CallStatus.CANCELED.value
+            current.error = f"not sent: {reason}"
+            return current
+
+        attempt = await self.attempts.update(attempt.campaign_id, attempt.id, unsent)
+        await self.attempts.settle(attempt, Result.CANCELED)
 
     async def _not_placed(
         self, claim: Claim, attempt: Attempt, exc: CarrierError
@@ -337,14 +367,44 @@ class Dialer:
     async def _hold(self, claim: Claim, campaign_id: str, attempt_id: str) -> None:
         """Keep the lease alive until the attempt is settled."""
         step = self.config.lease_s / 3
+        renewed = self.clock()
         while True:
             await asyncio.sleep(step)
-            attempt = await self.attempts.get(campaign_id, attempt_id)
-            if attempt is None or attempt.settled_at is not None:
-                return
-            until = self._now_ms() + int(self.config.lease_s * 1000)
-            if not await self.claims.renew(claim, until):
-                return  # settled meanwhile, or taken over
+            if self.clock() - renewed > self.config.lease_s:
+                return  # the lease ran out unrenewed: the reaper's now
+            try:
+                attempt = await self.attempts.get(campaign_id, attempt_id)
+                if attempt is None or attempt.settled_at is not None:
+                    return
+                until = self._now_ms() + int(self.config.lease_s * 1000)
+                if not await self.claims.renew(claim, until):
+                    return  # settled meanwhile, or taken over
+                renewed = self.clock()
+                if self._overdue(attempt):
+                    # The final callback or the call's record is late (dropped,
+                    # the media server down): do what the reaper would do,
+                    # rather than hold the lead for as long as this dialer lives.
+                    await self._reconcile(claim, attempt_id)
+            except (RedisError, OSError) as exc:
+                # Redis restarting: the lease outlives a short outage; after a
+                # longer one, the lead is left to the reaper.
+                log.warning("holding attempt %s: %s", attempt_id, exc)
+
+    def _overdue(self, attempt: Attempt) -> bool:
+        """Whether a held attempt waits longer than its callbacks should take."""
+        status = attempt.carrier_status
+        if status and is_final(CallStatus(status)):
+            return self._record_overdue(attempt)
+        return self.clock() - attempt.created_at > self.config.reconcile_after_s
+
+    def _record_overdue(self, attempt: Attempt) -> bool:
+        """Whether an ended call's record is later than `record_grace_s`.
+
+        The attempt does not keep the call's end, so it is taken as the dial
+        plus the talk time; the ringing before makes the grace a little shorter.
+        """
+        ended = attempt.created_at + (attempt.duration_s or 0)
+        return self.clock() - ended > self.config.record_grace_s
 
     async def _wait_for_carrier_slot(self, attempt_id: str) -> None:
         limit = max(1, int(self.config.calls_per_second))
@@ -423,8 +483,7 @@ class Dialer:
         status = CallStatus(attempt.carrier_status) if attempt.carrier_status else None
         if status is not None and is_final(status):
             if not await self.attempts.maybe_settle(claim.campaign_id, attempt_id):
-                age = self.clock() - attempt.created_at
-                if age > self.config.record_grace_s:
+                if self._record_overdue(attempt):
                     await self.attempts.maybe_settle(
                         claim.campaign_id, attempt_id, force=True
                     )
