@@ -1,8 +1,9 @@
 FROM python:3.11-slim
 
-# Runtime libraries that onnxruntime and ctranslate2 load.
+# Runtime libraries that onnxruntime and ctranslate2 load, and redis-server
+# for the embedded store (when VOXDIAL_REDIS_URL is not set) and the demo.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 \
+    && apt-get install -y --no-install-recommends libgomp1 redis-server \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -21,4 +22,5 @@ RUN mkdir -p /data && chown nobody /data
 VOLUME /data
 EXPOSE 8080
 USER nobody
+# The server by default; `docker run IMAGE voxdial demo --fast` runs the demo.
 CMD ["voxdial", "serve"]

@@ -22,9 +22,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmarks.load import FULL, QUICK, LoadReport, StepResult, run_load
+if TYPE_CHECKING:
+    from benchmarks.load import LoadReport, StepResult
 
 __all__ = ["add_command", "markdown", "run_bench"]
 
@@ -192,6 +193,9 @@ def plots(report: LoadReport, out: Path) -> list[Path]:
 
 
 async def run_bench(args: argparse.Namespace) -> int:
+    # Imported here: `voxdial --help` should not load the media server.
+    from benchmarks.load import FULL, QUICK, run_load
+
     profile = FULL if args.profile == "full" else QUICK
     if args.no_baseline:
         profile = replace(profile, baseline=False)

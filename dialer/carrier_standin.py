@@ -15,6 +15,8 @@ A call's life, times in scenario seconds (divided by `time_scale`):
 
 - The script (`script(to, attempt_no) -> Scenario`) decides each call when it
   is created; `attempt_no` counts calls to that number, from 1.
+- With media, the callee says a scenario's `lines` each once the agent has
+  gone quiet, then its `barge_in_line` over the agent's next reply.
 - A scenario that would ring for the request's `Timeout` or longer ends as
   `no-answer` at the `Timeout`; a `no-answer` scenario always rings that long.
 - `voicemail` is answered like `human`, with `AnsweredBy=machine_end_beep`.

@@ -4,6 +4,7 @@
                       the admin API under /api/v1)
     voxdial dialer    a dialer process: active campaigns' leads into calls
     voxdial bench     load test: concurrent calls and latency, against a baseline
+    voxdial demo      the whole product, offline, in one command (voice.demo)
     voxdial apikey | leads | campaign    the operator's moves (see admin_cli)
 
 With no `VOXDIAL_LLM_BASE_URL`, `serve` starts the local LLM stand-in in the
@@ -64,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--host", help="override VOXDIAL_HOST")
     serve.add_argument("--port", type=int, help="override VOXDIAL_PORT")
     commands.add_parser("dialer", help="run a dialer process (several may run)")
+    demo = commands.add_parser("demo", help="run everything offline on a sample")
+    demo.add_argument("--leads", type=int, default=24, help="leads to call")
+    demo.add_argument("--concurrency", type=int, default=4, help="calls at once")
+    demo.add_argument("--dialers", type=int, default=1, help="dialer processes")
+    demo.add_argument("--fast", action="store_true", help="short rings and retries")
+    demo.add_argument("--keep", action="store_true", help="stay up until Ctrl-C")
+    demo.add_argument("--data-dir", default="data/demo", help="where runs are kept")
     from benchmarks.report import add_command as add_bench
 
     add_bench(commands)
@@ -86,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from benchmarks.report import run_bench
 
         raise SystemExit(asyncio.run(run_bench(args)))
+    elif args.command == "demo":
+        from voice.demo import main as run_demo
+
+        raise SystemExit(run_demo(args, settings))
     elif args.command == "dialer":
         from dialer.service import run_dialer
 
