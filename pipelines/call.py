@@ -182,6 +182,7 @@ class Call:
         self._wake_pacer = asyncio.Event()
         self._pacer: asyncio.Task[None] | None = None
         self._dtmf: list[str] = []
+        self._heard: deque[str] = deque(maxlen=3)  # the caller's last utterances
         self._dtmf_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._ending = False
@@ -331,7 +332,11 @@ class Call:
         )
         turn = Turn("caller", text, utterance.started_at, time.time())
         self.record.transcript.append(turn)
-        opting_out = asks_to_opt_out(text) and not self.effects.opted_out
+        # The request may be split over two utterances ("Please stop ..."
+        # "... calling me"): look at the last few together.
+        self._heard.append(text)
+        recent = " ".join(self._heard)
+        opting_out = asks_to_opt_out(recent) and not self.effects.opted_out
         if opting_out:
             # Deterministic: on the list now, whatever the model makes of it.
             self._log.info("the caller asked not to be called again")

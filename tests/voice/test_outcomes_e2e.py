@@ -113,7 +113,7 @@ SCRIPT = {
 LINES = {
     "+12125550111": "I would like to book a meeting please.",
     "+12125550112": "I am busy now. Can you call me back tomorrow?",
-    "+12125550113": "Please stop calling me.",
+    "+12125550113": "Please stop calling me. Take me off your list.",
     "+12125550114": "No thanks, I am not interested.",
 }
 
@@ -274,7 +274,14 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
             "Bob": "callback",
             "Cy": "do_not_call",
             "Di": "not_interested",
-        }, {n: details[n]["calls"][0]["transcript"] for n in names}
+        }, "\n".join(
+            f"{n}: "
+            + " | ".join(
+                f"{t['speaker']}: {t['text']}"
+                for t in details[n]["calls"][0]["transcript"]
+            )
+            for n in names
+        )
 
         booking = ada["calls"][0]["booking"]
         assert booking["attendee_email"] == "ada@example.com"
