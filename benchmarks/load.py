@@ -153,6 +153,9 @@ class StepResult:
     peak_rss_mb: float
     idle_rss_mb: float
     loop_lag_p99_s: float | None
+    # voxdial only: each stage's mean, from the server's own turn latencies
+    # (turn_detection, stt, llm_first_token, tts_first_audio, total).
+    stage_mean_s: dict[str, float] = field(default_factory=dict)
     v2v_samples: list[float] = field(default_factory=list, repr=False)
     errors: list[str] = field(default_factory=list)
 
@@ -292,8 +295,13 @@ async def _one_call(
     try:
         await caller.connect()
         stats.greeted = await caller.wait_agent_done(0.0, quiet_s=0.5, limit_s=40)
+        # Every k-th turn talks over the agent, staggered across callers, so
+        # that even a short step of one call has a barge-in in it.
+        every = max(1, round(1 / barge_share)) if barge_share > 0 else 0
+        turn = 0
         while stats.greeted and time.monotonic() < until and not caller.closed:
-            if rng.random() < barge_share:
+            turn += 1
+            if every and (turn + call_no) % every == 1 % every:
                 await _barge_in_turn(caller, speech, stats, rng)
             else:
                 await caller.say(speech[rng.choice(PHRASES)])
@@ -364,11 +372,38 @@ _TAIL_GAP_S = 0.15
 # A step: N calls at once against one target.
 
 
-async def _loop_lag_buckets(
-    session: aiohttp.ClientSession, url: str
-) -> dict[float, float]:
+async def _scrape(session: aiohttp.ClientSession, url: str | None) -> str:
+    if url is None:
+        return ""
     async with session.get(url) as response:
-        text = await response.text()
+        return await response.text()
+
+
+def _stage_sums(text: str) -> dict[str, tuple[float, float]]:
+    """stage -> (sum, count) of voxdial's turn-latency histogram."""
+    found: dict[str, list[float]] = {}
+    for match in re.finditer(
+        r'^voxdial_turn_latency_seconds_(sum|count)\{stage="([^"]+)"\} (\S+)$',
+        text,
+        re.M,
+    ):
+        slot = found.setdefault(match[2], [0.0, 0.0])
+        slot[0 if match[1] == "sum" else 1] = float(match[3])
+    return {stage: (v[0], v[1]) for stage, v in found.items()}
+
+
+def _stage_means(before: str, after: str) -> dict[str, float]:
+    """Each stage's mean cost over the step, from the two scrapes."""
+    old, new = _stage_sums(before), _stage_sums(after)
+    means = {}
+    for stage, (total, count) in new.items():
+        base_total, base_count = old.get(stage, (0.0, 0.0))
+        if count > base_count:
+            means[stage] = (total - base_total) / (count - base_count)
+    return means
+
+
+def _loop_lag_buckets(text: str) -> dict[float, float]:
     buckets = {}
     for match in re.finditer(
         r'^voxdial_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M
@@ -399,11 +434,7 @@ async def run_step(
     rng = random.Random(profile.seed * 1000 + calls)
     idle_rss = rss_mb(target.pid)
     async with aiohttp.ClientSession() as session:
-        lag_before = (
-            await _loop_lag_buckets(session, target.metrics_url)
-            if target.metrics_url
-            else {}
-        )
+        scraped_before = await _scrape(session, target.metrics_url)
         cpu0, bench0, wall0 = (
             cpu_seconds(target.pid),
             time.process_time(),
@@ -440,11 +471,15 @@ async def run_step(
         cpu_used = cpu_seconds(target.pid) - cpu0
         bench_used = time.process_time() - bench0
         wall = time.monotonic() - wall0
+        scraped_after = await _scrape(session, target.metrics_url)
         lag = (
-            _lag_p99(lag_before, await _loop_lag_buckets(session, target.metrics_url))
+            _lag_p99(
+                _loop_lag_buckets(scraped_before), _loop_lag_buckets(scraped_after)
+            )
             if target.metrics_url
             else None
         )
+        stages = _stage_means(scraped_before, scraped_after)
     v2v = [v for r in results for v in r.v2v_s]
     barge = [v for r in results for v in r.barge_in_s]
     return StepResult(
@@ -468,6 +503,7 @@ async def run_step(
         peak_rss_mb=peak[0],
         idle_rss_mb=idle_rss,
         loop_lag_p99_s=lag,
+        stage_mean_s=stages,
         v2v_samples=v2v,
         errors=[r.error for r in results if r.error][:5],
     )

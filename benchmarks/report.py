@@ -109,6 +109,16 @@ def markdown(report: LoadReport, scale: str = "") -> str:
                 a, av = _value(ours, attr, ms)
                 b, bv = _value(theirs, attr, ms)
                 lines.append(f"| {label} | {a} | {b} | {_ratio(av, bv)} |")
+            if ours is not None and ours.stage_mean_s:
+                parts = ", ".join(
+                    f"{stage} {_ms(value)} ms"
+                    for stage, value in sorted(ours.stage_mean_s.items())
+                )
+                lines.append(
+                    "\nvoxdial's own turn figures, means (turn_detection and stt "
+                    "are durations; the others count from the end of caller "
+                    f"speech): {parts}"
+                )
             for step in (ours, theirs):
                 if step is not None and step.errors:
                     lines.append(f"\n{step.target} caller errors: {step.errors}")
