@@ -211,6 +211,10 @@ async def run_bench(args: argparse.Namespace) -> int:
         profile = replace(profile, baseline=False)
     if args.hold_s:
         profile = replace(profile, hold_s=args.hold_s)
+    if args.local_steps:
+        profile = replace(profile, local_steps=_steps(args.local_steps))
+    if args.instant_steps:
+        profile = replace(profile, instant_steps=_steps(args.instant_steps))
     modes = ("local", "instant") if args.mode == "both" else (args.mode,)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
@@ -244,6 +248,10 @@ async def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
 def _write(
     out: Path, text: str, results: dict[str, Any], report: LoadReport
 ) -> list[Path]:
@@ -260,6 +268,8 @@ def add_command(commands: Any) -> None:
     bench.add_argument("--no-dialer", action="store_true", help="skip the dialer test")
     bench.add_argument("--hold-s", type=float, default=0.0, help="seconds per step")
     bench.add_argument("--out", default="bench-results", help="where reports go")
+    bench.add_argument("--local-steps", help="call counts, e.g. 1,4,10")
+    bench.add_argument("--instant-steps", help="call counts, e.g. 1,25,100")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

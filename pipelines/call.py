@@ -424,6 +424,13 @@ class Call:
                     time.monotonic() - current.speech_end
                 )
 
+    def audio_needed_by(self, reply: Any) -> float:
+        """When this call runs out of agent audio: the TTS scheduler's deadline."""
+        now = time.monotonic()
+        if reply is not self._reply or not self._playout.active(now):
+            return now
+        return max(now, self._playout.playback_end())
+
     def on_sentence_audio(self, reply: Any, text: str, audio: Int16Array) -> None:
         if reply.latency.tts_first_audio_s is None:
             reply.latency.tts_first_audio_s = time.monotonic() - reply.speech_end

@@ -61,7 +61,7 @@ class InstantTTS:
 
     sample_rate_out = PHONE_RATE
 
-    async def synthesize(self, text: str) -> Int16Array:
+    async def synthesize(self, text: str, deadline: float | None = None) -> Int16Array:
         return self.synthesize_sync(text, self.sample_rate_out)
 
     def synthesize_sync(self, text: str, sample_rate: int = PHONE_RATE) -> Int16Array:

@@ -113,6 +113,7 @@ class ReplyListener(Protocol):
     def current_reply(self) -> object | None: ...
     def on_transcript(self, text: str, utterance: UtteranceFrame) -> None: ...
     def on_first_token(self, reply: Any) -> None: ...
+    def audio_needed_by(self, reply: Any) -> float: ...
     def on_sentence_audio(self, reply: Any, text: str, audio: Int16Array) -> None: ...
     def on_tool_call(self, reply: Any, call: ToolCall) -> None: ...
     def on_tool_messages(self, reply: Any, messages: list[dict[str, Any]]) -> None: ...
@@ -260,9 +261,10 @@ class ChatLLM(FrameProcessor):
 class TextToSpeech(FrameProcessor):
     """Sentences to 8 kHz speech, on the process-wide Piper voice."""
 
-    def __init__(self, models: Models) -> None:
+    def __init__(self, models: Models, listener: ReplyListener) -> None:
         super().__init__(name="tts")
         self._tts = models.tts
+        self._listener = listener
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -271,7 +273,8 @@ class TextToSpeech(FrameProcessor):
             return
         reply = frame.metadata.get(REPLY)
         try:
-            audio = await self._tts.synthesize(frame.text)
+            deadline = self._listener.audio_needed_by(reply)
+            audio = await self._tts.synthesize(frame.text, deadline)
         except PipelineError as exc:
             await self.push_frame(_tag(StageFailedFrame(kind="tts", error=exc), reply))
             return
@@ -334,7 +337,7 @@ class ReplyPipeline:
             [
                 SpeechToText(models),
                 ChatLLM(llm, tools, listener, log),
-                TextToSpeech(models),
+                TextToSpeech(models, listener),
                 ToCall(listener),
             ]
         )

@@ -12,7 +12,6 @@ import logging
 import re
 import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +21,7 @@ from piper.config import PiperConfig, SynthesisConfig
 from pipelines.assets import PIPER_JOE, verified_path
 from pipelines.audio import PHONE_RATE, Int16Array, resample, to_int16
 from pipelines.errors import ModelError, TTSError
+from pipelines.scheduling import DeadlineWorkers
 
 __all__ = ["PiperTTS", "speakable"]
 
@@ -80,15 +80,20 @@ class PiperTTS:
         self._voice = PiperVoice(session=session, config=config)
         self.voice_rate: int = config.sample_rate
         self._syn_config = SynthesisConfig(length_scale=config.length_scale / speed)
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tts")
+        self._workers = DeadlineWorkers(workers, "tts")
         self.synthesize_sync("Hello.")  # warm up (espeak and the session)
 
-    async def synthesize(self, text: str) -> Int16Array:
-        """One sentence of speech as 8 kHz PCM, synthesized off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self.synthesize_sync, text, self.sample_rate_out
+    async def synthesize(self, text: str, deadline: float | None = None) -> Int16Array:
+        """One sentence of speech as 8 kHz PCM, synthesized off the event loop.
+
+        `deadline` is the monotonic time the audio is needed (default: now);
+        of the sentences waiting, the one needed soonest goes first.
+        """
+        when = time.monotonic() if deadline is None else deadline
+        job = self._workers.submit(
+            when, lambda: self.synthesize_sync(text, self.sample_rate_out)
         )
+        return await asyncio.wrap_future(job)
 
     def synthesize_sync(self, text: str, sample_rate: int = PHONE_RATE) -> Int16Array:
         """Synthesize in the calling thread (the executor, tests, fixtures)."""
@@ -115,4 +120,4 @@ class PiperTTS:
         return audio
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._workers.shutdown()
