@@ -54,6 +54,8 @@ FIGURES: tuple[tuple[str, str, bool], ...] = (
     ("no_reply", "turns with no reply", False),
     ("cpu_s_per_call_s", "server CPU s per call-second", False),
     ("peak_rss_mb", "server peak RSS (MB)", False),
+    ("server_cpu_share", "server CPU (cores)", False),
+    ("bench_cpu_share", "the callers' own CPU (cores)", False),
     ("loop_lag_p99_s", "event-loop lag p99 (ms)", True),
 )
 
@@ -235,7 +237,7 @@ async def run_bench(args: argparse.Namespace) -> int:
             if profile.name == "quick"
             else (10_000, 100_000, 1_000_000)
         )
-        scale = await run_scale(ScaleProfile(sizes=sizes))
+        scale = await run_scale(ScaleProfile(name=profile.name, sizes=sizes))
         scale_md, scale_json = format_report(scale), asdict(scale)
     text = markdown(report, scale_md)
     results: dict[str, Any] = {"load": asdict(report), "dialer_scale": scale_json}
