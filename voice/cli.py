@@ -110,25 +110,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
     """Everything `serve` runs, started, and stopped again on exit."""
     # Imported here so `voxdial --help` and bad settings answer at once.
-    from campaign_store.sink import StoreCallSink
-    from dialer.attempts import Attempts
-    from dialer.window import parse_jurisdictions
-    from pipelines.llm import ChatClient, LLMConfig
     from pipelines.llm_standin import Script, StandinServer
     from pipelines.models import Models, shared_models
-    from pipelines.record import FileCallSink
     from voice.admin_cli import open_store
-    from voice.calls import CallDirectory
-    from voice.metrics import Metrics, watch_loop_lag
-    from voice.server import Services, call_config, create_app
-    from voice.twilio_rest import TwilioRest
-    from voice.webhooks import WebhookSender
+    from voice.metrics import watch_loop_lag
+    from voice.server import campaign_services, create_app
 
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(settings, stack, serving=True)
-        attempts = Attempts(
-            store, jurisdictions=parse_jurisdictions(settings.calling_hours)
-        )
 
         started = time.monotonic()
         if settings.speech == "instant":
@@ -162,42 +151,15 @@ async def running_server(settings: Settings) -> AsyncIterator[web.AppRunner]:
             )
         session = aiohttp.ClientSession()
         stack.push_async_callback(session.close)
-        webhooks = WebhookSender(session)
-        stack.push_async_callback(webhooks.close)
-        llm = ChatClient(
-            LLMConfig(
-                base_url=base_url,
-                api_key=settings.llm_api_key,
-                model=settings.llm_model,
-                timeout_s=settings.llm_timeout_s,
-                temperature=settings.llm_temperature,
-                max_tokens=settings.llm_max_tokens,
-            ),
-            session=session,
-        )
-        rest = TwilioRest(
-            settings.twilio_account_sid,
-            settings.twilio_auth_token,
-            base_url=settings.twilio_api_base,
-            session=session,
-        )
-        services = Services(
-            settings=settings,
-            models=models,
-            llm=llm,
-            rest=rest,
-            sink=StoreCallSink(
-                store,
-                FileCallSink(settings.data_dir / "calls"),
-                after_save=attempts.maybe_settle,
-            ),
-            metrics=Metrics(),
-            directory=CallDirectory(),
-            call_config=call_config(settings),
+        services = campaign_services(
+            settings,
             store=store,
-            attempts=attempts,
-            webhooks=webhooks,
+            models=models,
+            session=session,
+            llm_base_url=base_url,
         )
+        assert services.webhooks is not None
+        stack.push_async_callback(services.webhooks.close)
         runner = web.AppRunner(create_app(services), handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -323,53 +323,18 @@ async def _media_server(
     settings: Settings, store: Store, models: Models
 ) -> AsyncIterator[tuple[str, Any]]:
     """`voice.cli.running_server`'s pieces, except that the caller owns the models."""
-    from campaign_store.sink import StoreCallSink
-    from dialer.attempts import Attempts
-    from pipelines.llm import ChatClient, LLMConfig
-    from pipelines.record import FileCallSink
-    from voice.calls import CallDirectory
-    from voice.metrics import Metrics
-    from voice.server import Services, call_config, create_app
-    from voice.twilio_rest import TwilioRest
-    from voice.webhooks import WebhookSender
+    from voice.server import campaign_services, create_app
 
-    attempts = Attempts(
-        store, jurisdictions=parse_jurisdictions(settings.calling_hours)
-    )
     async with aiohttp.ClientSession() as session:
-        webhooks = WebhookSender(session)
-        services = Services(
-            settings=settings,
-            models=models,
-            llm=ChatClient(
-                LLMConfig(
-                    base_url=settings.llm_base_url,
-                    api_key=settings.llm_api_key,
-                    model=settings.llm_model,
-                    timeout_s=settings.llm_timeout_s,
-                    temperature=settings.llm_temperature,
-                    max_tokens=settings.llm_max_tokens,
-                ),
-                session=session,
-            ),
-            rest=TwilioRest(
-                settings.twilio_account_sid,
-                settings.twilio_auth_token,
-                base_url=settings.twilio_api_base,
-                session=session,
-            ),
-            sink=StoreCallSink(
-                store,
-                FileCallSink(settings.data_dir / "calls"),
-                after_save=attempts.maybe_settle,
-            ),
-            metrics=Metrics(),
-            directory=CallDirectory(),
-            call_config=call_config(settings),
+        services = campaign_services(
+            settings,
             store=store,
-            attempts=attempts,
-            webhooks=webhooks,
+            models=models,
+            session=session,
+            llm_base_url=settings.llm_base_url,
         )
+        webhooks = services.webhooks
+        assert webhooks is not None
         runner = web.AppRunner(
             create_app(services), handle_signals=False, access_log=None
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
@@ -62,6 +63,64 @@ class Services:
     store: Store | None = None
     attempts: Attempts | None = None  # settles the dialer's attempts
     webhooks: WebhookSender | None = None  # campaigns' call-result webhooks
+
+
+def campaign_services(
+    settings: Settings,
+    *,
+    store: Store,
+    models: Models,
+    session: aiohttp.ClientSession,
+    llm_base_url: str,
+) -> Services:
+    """What `voxdial serve` wires up around a campaign store (the demo too).
+
+    The caller owns the store, the models and the HTTP session; close the
+    returned `webhooks` before the session.
+    """
+    from campaign_store.sink import StoreCallSink
+    from dialer.attempts import Attempts
+    from dialer.window import parse_jurisdictions
+    from pipelines.llm import LLMConfig
+    from pipelines.record import FileCallSink
+
+    attempts = Attempts(
+        store, jurisdictions=parse_jurisdictions(settings.calling_hours)
+    )
+    llm = ChatClient(
+        LLMConfig(
+            base_url=llm_base_url,
+            api_key=settings.llm_api_key,
+            model=settings.llm_model,
+            timeout_s=settings.llm_timeout_s,
+            temperature=settings.llm_temperature,
+            max_tokens=settings.llm_max_tokens,
+        ),
+        session=session,
+    )
+    rest = TwilioRest(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        base_url=settings.twilio_api_base,
+        session=session,
+    )
+    return Services(
+        settings=settings,
+        models=models,
+        llm=llm,
+        rest=rest,
+        sink=StoreCallSink(
+            store,
+            FileCallSink(settings.data_dir / "calls"),
+            after_save=attempts.maybe_settle,
+        ),
+        metrics=Metrics(),
+        directory=CallDirectory(),
+        call_config=call_config(settings),
+        store=store,
+        attempts=attempts,
+        webhooks=WebhookSender(session),
+    )
 
 
 def call_config(settings: Settings) -> CallConfig:
