@@ -10,6 +10,7 @@ a real websocket client (the caller simulator) speaking Twilio's protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ from campaign_store.redis_server import EmbeddedRedis, embedded_redis
 from campaign_store.sink import StoreCallSink
 from campaign_store.store import Store
 from dialer.attempts import Attempts
+from dialer.dialer import Dialer, DialerConfig
+from dialer.twilio_carrier import TwilioCarrier
 from dialer.window import Jurisdictions
 from pipelines.llm import ChatClient, LLMConfig
 from pipelines.llm_standin import Script, StandinServer
@@ -103,6 +106,43 @@ def phrases(models: Any) -> dict[str, np.ndarray]:
 # Tests that need the law's calling hours ask for them; the rest must not
 # depend on the hour at which the suite runs.
 ANYTIME = Jurisdictions(rules={}, fallback=None)
+
+
+async def until_true(check: Any, limit_s: float, what: str = "a condition") -> None:
+    """Poll the coroutine function `check` until it answers True."""
+    deadline = time.monotonic() + limit_s
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def dialing(
+    store: Store, settings: Settings, carrier_url: str, server_url: str, lease_s: float
+) -> AsyncIterator[None]:
+    """An in-process dialer on `store`, dialing through the carrier at `carrier_url`."""
+    carrier = TwilioCarrier(
+        settings.twilio_account_sid, settings.twilio_auth_token, base_url=carrier_url
+    )
+    dialer = Dialer(
+        store,
+        carrier,
+        DialerConfig(
+            public_url=server_url,
+            lease_s=lease_s,
+            tick_s=0.1,
+            calls_per_second=10,
+            jurisdictions=ANYTIME,
+        ),
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(dialer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await running
+        await carrier.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ attempt settles from the callbacks and the stored call record.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -26,14 +24,10 @@ from campaign_store.models import (
 )
 from campaign_store.store import Store
 from dialer.carrier_standin import CarrierStandin, Scenario
-from dialer.dialer import Dialer, DialerConfig
-from dialer.twilio_carrier import TwilioCarrier
-from dialer.window import Jurisdictions
-from tests.conftest import run_harness
+from tests.conftest import dialing, run_harness, until_true
 from voice.settings import Settings
 
 T = "acme"
-ANYTIME = Jurisdictions(rules={}, fallback=None)
 SCENARIOS = {
     "+12125550101": Scenario(answer="human", ring_s=0.2, talk_s=3.0),
     "+12125550102": Scenario(answer="busy", ring_s=0.2, talk_s=0.0),
@@ -51,15 +45,6 @@ def _scripted(hello: Any) -> Any:
         return scenario
 
     return script
-
-
-async def _until(check: Any, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await check():
-        assert time.monotonic() < deadline, (
-            f"timed out {await check.__self__ if False else None}"
-        )
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.models
@@ -112,35 +97,13 @@ async def test_a_small_campaign_runs_to_the_end(
             ]  # fmt: skip
             await store.add_leads(campaign, leads)
             await store.transition(T, campaign.id, "launch")
-            carrier_client = TwilioCarrier(
-                settings.twilio_account_sid,
-                settings.twilio_auth_token,
-                base_url=carrier.base_url,
-            )
-            dialer = Dialer(
-                store,
-                carrier_client,
-                DialerConfig(
-                    public_url=server.url,
-                    lease_s=5.0,
-                    tick_s=0.1,
-                    calls_per_second=10,
-                    jurisdictions=ANYTIME,
-                ),
-            )
-            stop = asyncio.Event()
-            running = asyncio.create_task(dialer.run(stop))
 
             async def settled() -> bool:
                 now = [await store.lead_by_id(campaign.id, lead.id) for lead in leads]
                 return all(lead.status == LeadStatus.COMPLETED for lead in now)
 
-            try:
-                await _until(settled, 60)
-            finally:
-                stop.set()
-                await running
-                await carrier_client.close()
+            async with dialing(store, settings, carrier.base_url, server.url, 5.0):
+                await until_true(settled, 60, "every lead settled")
 
             ada, bob, cy = [
                 await store.lead_by_id(campaign.id, lead.id) for lead in leads

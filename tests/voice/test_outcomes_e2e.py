@@ -18,9 +18,7 @@ webhook, signed.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -46,10 +44,8 @@ from campaign_store.models import (
 )
 from campaign_store.store import Store, new_id
 from dialer.carrier_standin import CarrierStandin, Scenario
-from dialer.dialer import Dialer, DialerConfig
-from dialer.twilio_carrier import TwilioCarrier
 from pipelines.tools.calendar_standin import CalendarStandin
-from tests.conftest import ANYTIME, run_harness
+from tests.conftest import dialing, run_harness, until_true
 from voice.settings import Settings
 from voice.webhooks import verify
 
@@ -116,13 +112,6 @@ LINES = {
     "+12125550113": "Please stop calling me. Take me off your list.",
     "+12125550114": "No thanks, I am not interested.",
 }
-
-
-async def _until(check: Any, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.models
@@ -221,24 +210,6 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
             ]  # fmt: skip
             await store.add_leads(campaign, leads)
             await store.transition(T, campaign.id, "launch")
-            carrier_client = TwilioCarrier(
-                settings.twilio_account_sid,
-                settings.twilio_auth_token,
-                base_url=carrier.base_url,
-            )
-            dialer = Dialer(
-                store,
-                carrier_client,
-                DialerConfig(
-                    public_url=server.url,
-                    lease_s=30.0,
-                    tick_s=0.1,
-                    calls_per_second=10,
-                    jurisdictions=ANYTIME,
-                ),
-            )
-            stop = asyncio.Event()
-            running = asyncio.create_task(dialer.run(stop))
 
             async def settled() -> bool:
                 now = [await store.lead_by_id(campaign.id, x.id) for x in leads]
@@ -248,13 +219,9 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
             async def hooked() -> bool:
                 return len(received) >= len(leads)
 
-            try:
-                await _until(settled, 120)
-                await _until(hooked, 10)
-            finally:
-                stop.set()
-                await running
-                await carrier_client.close()
+            async with dialing(store, settings, carrier.base_url, server.url, 30.0):
+                await until_true(settled, 120, "every lead settled")
+                await until_true(hooked, 10, "a webhook per call")
 
             # Everything below is read the way an operator reads it.
             _, key = await store.create_api_key(T)
