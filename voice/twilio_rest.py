@@ -61,7 +61,8 @@ class TwilioRest:
 
     async def hang_up(self, call_sid: str) -> bool:
         """End a live call. Returns False when Twilio says it had already ended."""
-        url = f"{self._base}/2010-04-01/Accounts/{self._account_sid}/Calls/{call_sid}.json"
+        account = f"{self._base}/2010-04-01/Accounts/{self._account_sid}"
+        url = f"{account}/Calls/{call_sid}.json"
         try:
             async with self._client().post(
                 url,
@@ -76,7 +77,8 @@ class TwilioRest:
                 if response.status >= 400:
                     text = await response.text()
                     raise TwilioError(
-                        f"hang-up of {call_sid} failed: HTTP {response.status}: {text[:200]}"
+                        f"hang-up of {call_sid} failed: HTTP {response.status}: "
+                        f"{text[:200]}"
                     )
                 return True
         except (aiohttp.ClientError, TimeoutError) as exc:

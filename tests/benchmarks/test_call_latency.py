@@ -1,4 +1,4 @@
-"""The latency benchmark's arithmetic and report (the runs themselves are benchmarks)."""
+"""The latency benchmark's arithmetic and report (its runs are benchmarks)."""
 
 from __future__ import annotations
 

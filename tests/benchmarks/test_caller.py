@@ -262,7 +262,7 @@ async def test_clear_drops_buffered_audio_and_returns_marks(server: FakeServer) 
 
 
 async def test_underruns_are_counted_as_gaps(server: FakeServer) -> None:
-    """Audio landing shortly after the buffer ran dry counts as a gap; later does not."""
+    """Audio landing soon after the buffer ran dry is a gap; later audio is not."""
     async with caller_for(server, speed=1.0) as caller:
         side = await server.accept()
         await side.send_audio(0.1, frames=False)

@@ -70,7 +70,8 @@ def test_byte_order_mark_is_ignored():
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
 def test_delimiter_is_sniffed_from_the_header(delimiter: str):
     """Semicolon, tab and pipe files read like comma files."""
-    text = f"phone{delimiter}name{delimiter}city\n+12125550123{delimiter}Ann, Jr{delimiter}NYC\n"
+    d = delimiter
+    text = f"phone{d}name{d}city\n+12125550123{d}Ann, Jr{d}NYC\n"
     leads, _, report = read(text)
     assert leads[0].name == "Ann, Jr"
     assert leads[0].fields == {"city": "NYC"}
@@ -234,8 +235,11 @@ def test_fields_filled_from_the_transcript_are_not_required_at_import():
 
 
 def test_ragged_rows():
-    """Short rows and rows with extra content are bad_row; extra empty cells are fine."""
-    text = "phone,name,city\n+12125550123,Ann\n+12125550124,Bo,NYC,,\n+12125550125,Cy,LA,x\n"
+    """Short rows and rows with extra content are bad_row; empty extra cells pass."""
+    text = (
+        "phone,name,city\n"
+        "+12125550123,Ann\n+12125550124,Bo,NYC,,\n+12125550125,Cy,LA,x\n"
+    )
     leads, errors, _ = read(text)
     assert [lead.name for lead in leads] == ["Bo"]
     assert [(e.row, e.code) for e in errors] == [(2, "bad_row"), (4, "bad_row")]
@@ -262,12 +266,15 @@ def test_batches_are_limited_and_none_marks_the_end():
 
 
 def test_first_problem_in_order_is_reported():
-    """A row with several problems gets one error, the earliest in the documented order."""
+    """A row with several problems gets one error: the first in documented order."""
     fields = [
         FieldDef(name="age", type="integer"),
         FieldDef(name="plan", required=True),
     ]
-    text = "phone,tz,age,plan\nabc,Mars/Base,x,\n+12125550123,Mars/Base,x,\n+12125550124,,x,\n+12125550125,,x,pro\n"
+    text = (
+        "phone,tz,age,plan\nabc,Mars/Base,x,\n+12125550123,Mars/Base,x,\n"
+        "+12125550124,,x,\n+12125550125,,x,pro\n"
+    )
     _, errors, _ = read(text, fields=fields)
     assert [e.code for e in errors] == [
         "bad_number",

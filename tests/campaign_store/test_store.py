@@ -95,7 +95,7 @@ async def test_status_transitions(store: Store) -> None:
 
 
 async def test_edits_follow_the_status(store: Store) -> None:
-    """A paused campaign's schedule may change, its channel not; an active one's nothing."""
+    """Paused: the schedule may change, the channel not. Active: nothing may."""
     campaign = await store.create_campaign(TENANT, CampaignInput(name="Spring"))
     await store.transition(TENANT, campaign.id, "launch")
     new = Schedule(days=["sat"])

@@ -406,7 +406,7 @@ async def test_cancel_while_ringing() -> None:
 
 
 async def test_cancel_leaves_answered_call_and_hang_up_ends_it() -> None:
-    """Cancel does not touch an answered call; hang-up ends it early, with a duration."""
+    """Cancel leaves an answered call; hang-up ends it early, with a duration."""
     async with rig(always("human", ring_s=10, talk_s=100_000)) as r:
         sid = await r.dial()
         await r.receiver.wait_for(sid, "in-progress")
@@ -512,7 +512,7 @@ async def test_dropped_callbacks_are_reconciled_through_the_api() -> None:
 
 
 async def test_faults_mixed_still_settle_every_call() -> None:
-    """Dropped, late and doubled callbacks together: callbacks or lookups give the truth."""
+    """Dropped, late and doubled callbacks at once: callbacks or lookups tell."""
     faults = Faults(drop=0.3, late=0.3, duplicate=0.3)
     async with rig(None, faults=faults, seed=5) as r:
         r.standin.script = lambda to, n: Scenario(
@@ -648,7 +648,7 @@ async def test_bad_credentials_and_no_server() -> None:
 
 
 class VoiceApp:
-    """The TwiML webhook and the media stream, as voxdial serves them, minus the agent."""
+    """The TwiML webhook and media stream as voxdial serves them, minus the agent."""
 
     def __init__(self) -> None:
         self.webhooks: list[tuple[dict[str, str], bool]] = []
@@ -718,7 +718,7 @@ async def voice_app() -> AsyncIterator[VoiceApp]:
 
 
 async def test_answered_call_opens_the_media_stream() -> None:
-    """media=True: the TwiML webhook is signed, the stream gets start with its parameters."""
+    """media=True: a signed TwiML webhook, and a stream started with its parameters."""
     async with voice_app() as app, rig(always("human", 10, 30), media=True) as r:
         sid = await r.dial(answer_url=f"{app.base_url}/twilio/voice?call_id=c1")
         await r.standin.wait_idle()

@@ -51,7 +51,7 @@ def _scripted(hello: Any) -> Any:
 async def test_a_small_campaign_runs_to_the_end(
     models: Any, settings: Settings, store: Store
 ) -> None:
-    """Three leads: one talks to the agent, one is busy, one does not answer at first."""
+    """Three leads: one talks to the agent, one is busy, one first does not answer."""
     settings = replace(settings, validate_signatures=True)
     carrier = CarrierStandin(
         settings.twilio_account_sid,

@@ -126,7 +126,7 @@ async def _true(value: bool) -> bool:
 async def test_redis_killed_and_restarted_loses_and_repeats_nothing(
     tmp_path: Path,
 ) -> None:
-    """SIGKILL of Redis mid-campaign, back from its AOF: one call per lead, none lost."""
+    """Redis SIGKILLed mid-campaign, back from its AOF: one call per lead, none lost."""
     numbers = [(f"+1212555{i:04d}", NY) for i in range(40)]
     carrier = CarrierStandin(
         ACCOUNT,

@@ -283,7 +283,7 @@ async def test_busy_slot_is_refused(
 async def test_lost_insert_reply_books_once(
     standin: CalendarStandin, session: aiohttp.ClientSession
 ) -> None:
-    """An insert whose reply was lost is retried, answered 409, and resolved to one event."""
+    """An insert whose reply was lost is retried, gets 409 and resolves to one event."""
     target = calendar(standin, session)
     await target.busy(TEN, TEN + timedelta(minutes=30))  # warm the token
     standin.drop_next(1)

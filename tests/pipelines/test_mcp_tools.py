@@ -147,7 +147,7 @@ def names(box: McpToolbox) -> list[str]:
 async def test_call_reaches_server_with_lead_headers(
     transport: str, http: McpTestServer, sse: McpTestServer
 ) -> None:
-    """Both transports connect, call a tool, and send the headers rendered for the lead."""
+    """Both transports connect, call a tool and send the lead's rendered headers."""
     server = http if transport == "streamable_http" else sse
     async with McpToolbox.open([binding(server)], LEAD) as box:
         text = await box.call("crm__lookup_customer", LOOKUP)
@@ -179,7 +179,7 @@ async def test_wrong_token_is_refused_by_server(http: McpTestServer) -> None:
 async def test_header_without_lead_value_is_dropped(
     http: McpTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A placeholder the lead has no value for drops its header; only the name is logged."""
+    """A placeholder with no value drops its header; only its name is logged."""
     caplog.set_level(logging.WARNING, logger="pipelines.tools.mcp_tools")
     async with McpToolbox.open([binding(http)], {"first_name": "Dana"}) as box:
         with pytest.raises(ToolFailed, match="may not read"):
@@ -193,7 +193,7 @@ async def test_header_without_lead_value_is_dropped(
 
 
 async def test_only_allowed_tools_are_offered(http: McpTestServer) -> None:
-    """The offer is the allowed list, as OpenAI function definitions with the server's schema."""
+    """The allowed list is offered as OpenAI functions with the server's schemas."""
     allowed = binding(http, allowed_tools=["lookup_customer", "not_on_server"])
     async with McpToolbox.open([allowed], LEAD) as box:
         tools = box.openai_tools()
@@ -209,7 +209,7 @@ async def test_only_allowed_tools_are_offered(http: McpTestServer) -> None:
 
 
 async def test_tool_names_are_made_safe_for_openai(http: McpTestServer) -> None:
-    """A server name with a dot is offered under a safe name and still reaches its tool."""
+    """A tool name with a dot is offered under a safe name and still reached."""
     dotted = binding(http, allowed_tools=["billing.balance"])
     async with McpToolbox.open([dotted], LEAD) as box:
         assert names(box) == ["crm__billing_balance"]
@@ -218,7 +218,7 @@ async def test_tool_names_are_made_safe_for_openai(http: McpTestServer) -> None:
 
 
 async def test_tool_not_offered_never_reaches_server(http: McpTestServer) -> None:
-    """Calling a tool outside the allowed list is refused before any request goes out."""
+    """A tool outside the allowed list is refused before any request goes out."""
     async with McpToolbox.open([binding(http)], LEAD) as box:
         for name in ("crm__delete_account", "delete_account", "other__lookup_customer"):
             with pytest.raises(ToolFailed, match="offered"):
@@ -247,7 +247,7 @@ async def test_arguments_must_be_a_json_object(http: McpTestServer) -> None:
 async def test_slow_tool_times_out_and_box_stays_usable(
     transport: str, http: McpTestServer, sse: McpTestServer
 ) -> None:
-    """A tool slower than the call timeout raises ToolTimeout; the next call still works."""
+    """A tool slower than the timeout raises ToolTimeout; the next call works."""
     server = http if transport == "streamable_http" else sse
     async with McpToolbox.open([binding(server)], LEAD, call_timeout_s=0.3) as box:
         with pytest.raises(ToolTimeout):
@@ -265,7 +265,7 @@ async def test_failing_tool_raises_tool_failed(http: McpTestServer) -> None:
 async def test_unreachable_bindings_are_skipped(
     http: McpTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A refused and a silent server are skipped and logged; the working binding still serves."""
+    """A refused and a silent server are skipped and logged; the other still serves."""
     caplog.set_level(logging.WARNING, logger="pipelines.tools.mcp_tools")
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -321,7 +321,7 @@ async def test_secret_never_leaks(
 
 
 async def test_closing_is_prompt_with_a_call_in_flight(sse: McpTestServer) -> None:
-    """Leaving the context ends a pending call as unavailable and takes well under a second."""
+    """Leaving ends a pending call as unavailable, in well under a second."""
     async with McpToolbox.open([binding(sse)], LEAD, call_timeout_s=30) as box:
         pending = asyncio.create_task(box.call("crm__slow", '{"seconds": 20}'))
         await asyncio.sleep(0.1)
@@ -335,7 +335,7 @@ async def test_closing_is_prompt_with_a_call_in_flight(sse: McpTestServer) -> No
 async def test_server_that_hangs_times_out_and_closes_promptly(
     frozen_later: tuple[McpTestServer, FreezingProxy],
 ) -> None:
-    """A server that stops answering times the call out, and closing still takes under a second."""
+    """A server that stops answering times the call out; closing takes under 1 s."""
     server, proxy = frozen_later
     url = f"http://127.0.0.1:{proxy.port}{server.path}"
     async with McpToolbox.open([binding(url)], LEAD, call_timeout_s=0.3) as box:

@@ -152,12 +152,12 @@ MALFORMED: list[str | bytes] = [
     "{not json",
     "[1, 2, 3]",
     '{"event": "bogus", "sequenceNumber": "900"}',
-    '{"event": "media", "sequenceNumber": "901", "media": {"payload": "!!!not base64"}}',
+    '{"event": "media", "sequenceNumber": "901", '
+    '"media": {"payload": "!!!not base64"}}',
     b"\x00\x01binary",
     '{"event": "media", "sequenceNumber": "2", "media": {"payload": "AAAA"}}',
-    '{"event": "media", "streamSid": "x", "sequenceNumber": "950", "media": {"payload": "'
-    + "A" * 9000
-    + '"}}',
+    '{"event": "media", "streamSid": "x", "sequenceNumber": "950", '
+    '"media": {"payload": "' + "A" * 9000 + '"}}',
 ]
 
 

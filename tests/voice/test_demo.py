@@ -46,7 +46,7 @@ def _all_files(paths: list[str]) -> bool:
 async def test_each_scenario_ends_in_its_lead_status(
     models: Any, tmp_path: Path
 ) -> None:
-    """Booked, callback, not interested, opt-out, barge-in, no answer, busy, voicemail."""
+    """Booked, callback, not interested, opt-out, barge-in, no answer, busy, machine."""
     children, tasks = _children(), asyncio.all_tasks()
     options = DemoOptions(
         leads=len(SCENARIOS),

@@ -31,7 +31,10 @@ async def test_signed_webhook_answers_connect_stream(
 ) -> None:
     """A correctly signed webhook gets <Connect><Stream> with the call's parameters."""
     async with run_harness(models, signed_settings) as h:
-        url = "https://voice.example.com/twilio/voice?call_id=c1&lead_id=l1&campaign_id=k1"
+        url = (
+            "https://voice.example.com/twilio/voice"
+            "?call_id=c1&lead_id=l1&campaign_id=k1"
+        )
         form = {
             "CallSid": "CA" + "2" * 32,
             "AccountSid": "AC" + "0" * 32,
