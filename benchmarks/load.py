@@ -39,12 +39,11 @@ import contextlib
 import logging
 import random
 import re
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -619,11 +618,3 @@ def _one_line(s: StepResult) -> str:
         f"{s.gaps} gaps, {s.frames_after_clear} frames after clear, "
         f"{s.server_cpu_share:.2f} cores, peak {s.peak_rss_mb:.0f} MB"
     )
-
-
-def to_json(report: LoadReport) -> dict[str, Any]:
-    return asdict(report)
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None

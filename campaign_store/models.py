@@ -549,7 +549,8 @@ class CallRecordModel(Strict):
     extracted: dict[str, FieldValue] = Field(default_factory=dict)
     # Fields whose extracted value failed validation: name -> why (left empty).
     extraction_flags: dict[str, str] = Field(default_factory=dict)
-    outcome_source: str = ""  # "agent", "tool", "opt_out" or "rule"
+    outcome_source: str = ""  # "agent", "opt_out" or "rule"
+    outcome_reason: str = ""  # the agent's one sentence, from end_call
     callback_at: float | None = None
     callback_local: str = ""
     booking: dict[str, str] | None = None

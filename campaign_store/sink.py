@@ -58,6 +58,7 @@ def to_model(record: CallRecord) -> CallRecordModel:
         booking=record.booking,
         opted_out=record.opted_out,
         outcome_source=record.outcome_source,
+        outcome_reason=record.outcome_reason,
         extracted=dict(record.extracted),
         extraction_flags=dict(record.extraction_flags),
     )

@@ -73,6 +73,7 @@ class CallRecord:
     booking: dict[str, str] | None = None
     opted_out: bool = False
     outcome_source: str = ""
+    outcome_reason: str = ""  # the agent's own words, from end_call
     extracted: dict[str, Any] = field(default_factory=dict)
     extraction_flags: dict[str, str] = field(default_factory=dict)
 

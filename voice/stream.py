@@ -332,6 +332,7 @@ class StreamSession:
         record.callback_local = effects.callback_local
         record.booking = effects.booking
         record.opted_out = effects.opted_out
+        record.outcome_reason = effects.reason
         record.outcome, record.outcome_source = outcome_for(
             record, effects.outcome, effects.opted_out
         )

@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
@@ -151,7 +151,6 @@ class CallEffects:
     callback_local: str = ""
     booking: dict[str, Any] | None = None
     opted_out: bool = False
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -227,7 +226,6 @@ class AgentTools:
 
     async def run(self, call: ToolCall) -> ToolResult:
         """Run one tool call; failures become results, never exceptions."""
-        self.effects.tool_calls.append({"name": call.name, "at": self.context.clock()})
         if self.is_mcp(call.name):
             return await self._mcp(call)
         if call.name not in self.enabled:

@@ -129,8 +129,9 @@ async def test_opt_out_is_immediate_final_and_idempotent() -> None:
 async def test_end_call_outcomes_and_bad_calls() -> None:
     """Unknown outcomes become completed; unknown tools and bad JSON are results."""
     agent = tools()
-    done = await agent.run(call("end_call", outcome="ecstatic"))
+    done = await agent.run(call("end_call", outcome="ecstatic", reason="Happy."))
     assert agent.effects.outcome == "completed" and not done.follow_up
+    assert agent.effects.reason == "Happy."
     missing = await agent.run(call("launch_rocket"))
     bad = await agent.run(ToolCall(id="x", name="end_call", arguments="{nope"))
     assert "no tool" in missing.content and "JSON object" in bad.content
