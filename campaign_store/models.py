@@ -152,6 +152,13 @@ class WhatsAppChannel(Strict):
     business_account_id: Annotated[str, StringConstraints(pattern=r"^\d{5,32}$")]
     phone_number_id: Annotated[str, StringConstraints(pattern=r"^\d{5,32}$")]
     template: WhatsAppTemplate
+    reply_wait_minutes: float = Field(
+        default=24 * 60,
+        gt=0,
+        le=60 * 24 * 30,
+        description="How long a template waits for a reply before the lead "
+        "counts as not answering (the no_answer follow-up rule then applies).",
+    )
 
 
 Channel = Annotated[PhoneChannel | WhatsAppChannel, Field(discriminator="kind")]
@@ -464,6 +471,8 @@ class LeadStatus(StrEnum):
     QUEUED = "queued"
     DIALING = "dialing"
     IN_CALL = "in_call"
+    MESSAGED = "messaged"  # WhatsApp: the template is out, no reply yet
+    IN_CONVERSATION = "in_conversation"  # WhatsApp: the lead has answered
     QUALIFIED = "qualified"
     CALLBACK = "callback"
     NOT_INTERESTED = "not_interested"
@@ -524,7 +533,7 @@ class TurnLatencyRecord(Strict):
 
 
 class TurnRecord(Strict):
-    speaker: Literal["caller", "agent"]
+    speaker: Literal["caller", "agent", "lead"]  # "lead": a WhatsApp message
     text: str
     started_at: float
     ended_at: float
@@ -533,7 +542,28 @@ class TurnRecord(Strict):
     latency: TurnLatencyRecord | None = None
 
 
+class MessageRecord(Strict):
+    """One WhatsApp message of a conversation, in or out."""
+
+    id: str  # WhatsApp's message id (wamid)
+    direction: Literal["in", "out"]
+    kind: Literal["template", "text"] = "text"
+    text: str
+    at: float
+    # out: accepted -> sent -> delivered -> read, or failed; in: received.
+    status: str = "accepted"
+    status_at: float | None = None
+    error: str = ""
+
+
 class CallRecordModel(Strict):
+    """A call, or a WhatsApp conversation (`channel`), with what it left behind.
+
+    A conversation keeps its messages in `messages` and, as a call does, the
+    words in `transcript`; it opens when its template is accepted and ends
+    with an outcome like a call's.
+    """
+
     id: str
     campaign_id: str
     lead_id: str
@@ -557,6 +587,12 @@ class CallRecordModel(Strict):
     opted_out: bool = False
     errors: list[str] = Field(default_factory=list)
     barge_ins: int = 0
+    channel: Literal["phone", "whatsapp"] = "phone"
+    messages: list[MessageRecord] = Field(default_factory=list)
+    # WhatsApp: when free text may no longer be sent (24 h after the lead's
+    # last message), and when a template left unanswered counts as no answer.
+    service_window_until: float | None = None
+    reply_by: float | None = None
 
     def duration_s(self) -> float | None:
         if self.answered_at is None or self.ended_at is None:
@@ -593,6 +629,8 @@ class Attempt(Strict):
     result: str = ""
     settled_at: float | None = None
     error: str = ""
+    channel: Literal["phone", "whatsapp"] = "phone"
+    message_id: str = ""  # WhatsApp: the template's wamid
 
 
 # API keys.

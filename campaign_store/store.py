@@ -441,9 +441,15 @@ class Store:
 
     async def _index_number(self, campaign: Campaign, *, remove: bool = False) -> None:
         channel = campaign.channel
-        if channel is None or channel.kind != "phone":
+        if channel is None:
             return
-        key = keys.caller_id(channel.caller_id)
+        # A WhatsApp campaign is found by its business number's id instead.
+        number = (
+            channel.caller_id
+            if channel.kind == "phone"
+            else f"wa:{channel.phone_number_id}"
+        )
+        key = keys.caller_id(number)
         if remove:
             await self.redis.srem(key, campaign.id)
         else:
@@ -451,6 +457,9 @@ class Store:
 
     async def campaign_for_number(self, number: str) -> Campaign | None:
         """The campaign an inbound call to `number` belongs to.
+
+        `wa:<phone number id>` finds a WhatsApp campaign by its business
+        number instead.
 
         Several campaigns may call from one number: the active one wins, then
         the paused one, then the most recently updated; archived ones never.

@@ -45,6 +45,7 @@ from campaign_store.models import (
     Lead,
     LeadStatus,
     PhoneChannel,
+    WhatsAppChannel,
 )
 from campaign_store.store import Store, new_id
 from dialer.attempts import Attempts, mask
@@ -52,6 +53,8 @@ from dialer.call_status import CallStatus, is_final
 from dialer.carrier import Carrier, CarrierError, DialRequest
 from dialer.claims import Claim
 from dialer.lifecycle import Result
+from dialer.messaging import OpeningSender
+from dialer.whatsapp import WhatsAppAccount
 from dialer.window import DEFAULT_JURISDICTIONS, Jurisdictions, window_for
 
 __all__ = ["Dialer", "DialerConfig"]
@@ -82,6 +85,14 @@ class DialerConfig:
     record_grace_s: float = 30.0  # wait this long for an answered call's record
     batch: int = 100
     jurisdictions: Jurisdictions = DEFAULT_JURISDICTIONS
+    # WhatsApp: how long past its deadline a conversation waits for the
+    # media server to close it before the dialer settles it itself.
+    conversation_grace_s: float = 600.0
+
+
+# A WhatsApp conversation holds its lead's lease for as long as it is open
+# (a day, when the lead never answers): those leases are not "calls at once".
+UNLIMITED = 1_000_000_000
 
 
 def _max_attempts(campaign: Campaign) -> int:
@@ -99,6 +110,7 @@ class Dialer:
         config: DialerConfig,
         *,
         clock: Callable[[], float] = time.time,
+        whatsapp: WhatsAppAccount | None = None,
     ) -> None:
         self.store = store
         self.redis: Any = store.redis
@@ -110,6 +122,20 @@ class Dialer:
         self._cps_gate = store.redis.register_script(_CPS_GATE)
         self._tasks: set[asyncio.Task[None]] = set()
         self.dialed = 0
+        self.messaging = (
+            None
+            if whatsapp is None
+            else OpeningSender(
+                store,
+                self.attempts,
+                whatsapp,
+                owner=config.owner,
+                lease_s=config.lease_s,
+                grace_s=config.conversation_grace_s,
+                clock=clock,
+            )
+        )
+        self._warned: set[str] = set()
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -127,7 +153,13 @@ class Dialer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.tick_s)
         await self.drain()
-        log.info("dialer %s stopped after %d dials", self.config.owner, self.dialed)
+        sent = self.messaging.sent if self.messaging is not None else 0
+        log.info(
+            "dialer %s stopped after %d dials and %d templates",
+            self.config.owner,
+            self.dialed,
+            sent,
+        )
 
     async def drain(self) -> None:
         if self._tasks:
@@ -149,13 +181,24 @@ class Dialer:
         except NotFound:
             await self.redis.srem(ACTIVE, campaign_id)
             return
-        if campaign.status != CampaignStatus.ACTIVE or not isinstance(
-            campaign.channel, PhoneChannel
-        ):
+        if campaign.status != CampaignStatus.ACTIVE:
+            return
+        whatsapp = isinstance(campaign.channel, WhatsAppChannel)
+        if not whatsapp and not isinstance(campaign.channel, PhoneChannel):
+            return
+        if whatsapp and self.messaging is None:
+            if campaign_id not in self._warned:
+                self._warned.add(campaign_id)
+                log.warning(
+                    "campaign %s is a WhatsApp campaign and this dialer has no "
+                    "WhatsApp access token (VOXDIAL_WHATSAPP_ACCESS_TOKEN)",
+                    campaign_id,
+                )
             return
         ck = CampaignKeys(campaign_id)
         pacing = campaign.schedule.pacing
-        free = pacing.max_concurrent - await self.redis.zcard(ck.leases)
+        concurrent = UNLIMITED if whatsapp else pacing.max_concurrent
+        free = concurrent - await self.redis.zcard(ck.leases)
         if free <= 0:
             return
         now = self.clock()
@@ -199,7 +242,7 @@ class Dialer:
                 # A dial must start well before the window closes, not in
                 # its last second: the carrier takes a moment to place it.
                 window_end_ms=int((closes - START_MARGIN_S) * 1000),
-                max_concurrent=pacing.max_concurrent,
+                max_concurrent=concurrent,
                 per_minute=pacing.calls_per_minute,
                 max_attempts=_max_attempts(campaign),
                 owner=self.config.owner,
@@ -223,7 +266,13 @@ class Dialer:
             log.exception("attempt on lead %s failed unexpectedly", lead.id)
 
     async def _place(self, claim: Claim, campaign: Campaign, lead: Lead) -> None:
-        assert isinstance(campaign.channel, PhoneChannel)
+        channel = campaign.channel
+        whatsapp = isinstance(channel, WhatsAppChannel)
+        if isinstance(channel, WhatsAppChannel):
+            from_ = channel.phone_number_id
+        else:
+            assert isinstance(channel, PhoneChannel)
+            from_ = channel.caller_id
         attempt_id = new_id("att")
         attempt = Attempt(
             id=attempt_id,
@@ -233,8 +282,9 @@ class Dialer:
             owner=self.config.owner,
             number=0,
             to=lead.phone,
-            from_=campaign.channel.caller_id,
+            from_=from_,
             created_at=self.clock(),
+            channel="whatsapp" if whatsapp else "phone",
         )
         lease_ms = int(self.config.lease_s * 1000)
         number = await self.claims.record(
@@ -255,7 +305,8 @@ class Dialer:
             return current
 
         attempt = await self.attempts.update(campaign.id, attempt_id, numbered)
-        await self._wait_for_carrier_slot(attempt_id)
+        if not whatsapp:
+            await self._wait_for_carrier_slot(attempt_id)
         # The wait may have been long (or this process stopped): the lease is
         # checked again, as late as can be, before anything reaches the carrier.
         held = await self.claims.confirm(
@@ -264,10 +315,17 @@ class Dialer:
         if held != "held":
             await self._not_sent(claim, attempt, held)
             return
+        ck = CampaignKeys(campaign.id)
+        if self.messaging is not None and whatsapp:
+            try:
+                await self.messaging.send(claim, campaign, lead, attempt)
+            finally:
+                await self.redis.zrem(ck.placing, attempt_id)
+            return
         request = DialRequest(
             attempt_id=attempt_id,
             to=lead.phone,
-            from_=campaign.channel.caller_id,
+            from_=from_,
             answer_url=self._url(
                 "/twilio/voice",
                 call_id=attempt_id,
@@ -278,7 +336,6 @@ class Dialer:
                 "/twilio/status", attempt=f"{campaign.id}:{attempt_id}"
             ),
         )
-        ck = CampaignKeys(campaign.id)
         try:
             sid = await self.carrier.create_call(request)
         except CarrierError as exc:
@@ -479,6 +536,12 @@ class Dialer:
             return
         if attempt.settled_at is not None:
             await self.claims.release(claim, due_at_ms=None, attempt_id=attempt_id)
+            return
+        if attempt.channel == "whatsapp":
+            if self.messaging is not None:
+                await self.messaging.reconcile(claim, attempt)
+            else:
+                await self.claims.renew(claim, self._now_ms() + lease_ms)
             return
         status = CallStatus(attempt.carrier_status) if attempt.carrier_status else None
         if status is not None and is_final(status):

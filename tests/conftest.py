@@ -29,6 +29,7 @@ from campaign_store.store import Store
 from dialer.attempts import Attempts
 from dialer.dialer import Dialer, DialerConfig
 from dialer.twilio_carrier import TwilioCarrier
+from dialer.whatsapp import WhatsAppAccount
 from dialer.window import Jurisdictions
 from pipelines.llm import ChatClient, LLMConfig
 from pipelines.llm_standin import Script, StandinServer
@@ -36,7 +37,7 @@ from pipelines.record import CallSink, FileCallSink
 from voice.calls import CallDirectory
 from voice.logs import route_loguru
 from voice.metrics import Metrics
-from voice.server import Services, call_config, create_app
+from voice.server import Services, call_config, create_app, whatsapp_service
 from voice.settings import Settings
 from voice.twilio_rest import TwilioRest
 from voice.twilio_standin import TwilioStandin
@@ -118,11 +119,29 @@ async def until_true(check: Any, limit_s: float, what: str = "a condition") -> N
 
 @contextlib.asynccontextmanager
 async def dialing(
-    store: Store, settings: Settings, carrier_url: str, server_url: str, lease_s: float
+    store: Store,
+    settings: Settings,
+    carrier_url: str,
+    server_url: str,
+    lease_s: float,
+    *,
+    whatsapp: bool = False,
 ) -> AsyncIterator[None]:
-    """An in-process dialer on `store`, dialing through the carrier at `carrier_url`."""
+    """An in-process dialer on `store`, dialing through the carrier at `carrier_url`.
+
+    `whatsapp`: it also sends templates, through `settings.whatsapp_api_base`.
+    """
     carrier = TwilioCarrier(
         settings.twilio_account_sid, settings.twilio_auth_token, base_url=carrier_url
+    )
+    account = (
+        WhatsAppAccount(
+            settings.whatsapp_access_token,
+            base_url=settings.whatsapp_api_base,
+            backoff_s=0.05,
+        )
+        if whatsapp
+        else None
     )
     dialer = Dialer(
         store,
@@ -133,7 +152,9 @@ async def dialing(
             tick_s=0.1,
             calls_per_second=10,
             jurisdictions=ANYTIME,
+            conversation_grace_s=5.0,
         ),
+        whatsapp=account,
     )
     stop = asyncio.Event()
     running = asyncio.create_task(dialer.run(stop))
@@ -143,6 +164,8 @@ async def dialing(
         stop.set()
         await running
         await carrier.close()
+        if account is not None:
+            await account.close()
 
 
 @pytest.fixture(scope="session")
@@ -277,6 +300,14 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
             attempts=attempts,
             webhooks=WebhookSender(self.session, first_delay_s=0.05),
         )
+        if attempts is not None:
+            services.whatsapp = whatsapp_service(
+                settings,
+                attempts=attempts,
+                llm=services.llm,
+                session=self.session,
+                webhooks=services.webhooks,
+            )
         self.services = services
         self.runner = web.AppRunner(create_app(services))
         await self.runner.setup()

@@ -13,19 +13,25 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from campaign_store.errors import NotFound, StoreError
 from campaign_store.models import Agent, CalendarBinding, Campaign, Lead
 from campaign_store.store import Store
+from dialer.window import parse_jurisdictions, window_for
+from pipelines.tools.agent_tools import ToolContext
 from pipelines.tools.calendar import (
     GoogleCalendar,
     RefreshTokenCredentials,
     ServiceAccountCredentials,
 )
 
-__all__ = ["Persona", "calendar_for", "lead_fields", "persona_for"]
+if TYPE_CHECKING:
+    from voice.settings import Settings
+
+__all__ = ["Persona", "calendar_for", "lead_fields", "persona_for", "tool_context"]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +127,39 @@ def calendar_for(
         log.warning("calendar credentials unusable (%s)", type(exc).__name__)
         return None
     return GoogleCalendar(binding.calendar_id, credentials, session, base_url=api_base)
+
+
+def tool_context(
+    campaign: Campaign,
+    lead: Lead | None,
+    phone: str,
+    call_id: str,
+    *,
+    store: Store,
+    session: aiohttp.ClientSession,
+    settings: Settings,
+) -> ToolContext:
+    """What the agent's tools work from on a campaign's call or conversation.
+
+    The lead's zone and calling window, the tenant's do-not-call list, the
+    campaign's calendar. MCP sessions are opened by whoever owns their
+    lifetime (a call holds them open; a conversation opens them per reply).
+    """
+    tenant = campaign.tenant
+    zone = lead.timezone if lead is not None else None
+    context = ToolContext(call_id=call_id)
+    context.timezone = zone or campaign.schedule.timezone
+    context.window = window_for(
+        campaign.schedule, zone, phone, parse_jurisdictions(settings.calling_hours)
+    )
+
+    async def opt_out() -> None:
+        await store.dnc_add(tenant, [phone])
+
+    context.opt_out = opt_out
+    if campaign.calendar is not None:
+        context.calendar = calendar_for(
+            campaign.calendar, session, settings.google_calendar_api_base
+        )
+        context.meeting_title = campaign.calendar.meeting_title
+    return context

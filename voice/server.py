@@ -4,6 +4,8 @@
     GET  /twilio/stream   the media stream websocket
     GET  /healthz         liveness: models loaded, calls in progress
     GET  /metrics         Prometheus text format
+    GET  /whatsapp/webhook    Meta's subscription handshake
+    POST /whatsapp/webhook    WhatsApp messages and statuses (`voice.whatsapp`)
 
 Every Twilio request is checked against `X-Twilio-Signature` unless the
 `validate_signatures` setting is off (development only; logged loudly).
@@ -41,6 +43,7 @@ from voice.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from dialer.attempts import Attempts
+    from voice.whatsapp import WhatsAppService
 
 log = logging.getLogger("voxdial.server")
 
@@ -63,6 +66,7 @@ class Services:
     store: Store | None = None
     attempts: Attempts | None = None  # settles the dialer's attempts
     webhooks: WebhookSender | None = None  # campaigns' call-result webhooks
+    whatsapp: WhatsAppService | None = None  # WhatsApp campaigns' conversations
 
 
 def campaign_services(
@@ -104,6 +108,7 @@ def campaign_services(
         base_url=settings.twilio_api_base,
         session=session,
     )
+    webhooks = WebhookSender(session)
     return Services(
         settings=settings,
         models=models,
@@ -119,7 +124,42 @@ def campaign_services(
         call_config=call_config(settings),
         store=store,
         attempts=attempts,
-        webhooks=WebhookSender(session),
+        webhooks=webhooks,
+        whatsapp=whatsapp_service(
+            settings, attempts=attempts, llm=llm, session=session, webhooks=webhooks
+        ),
+    )
+
+
+def whatsapp_service(
+    settings: Settings,
+    *,
+    attempts: Attempts,
+    llm: ChatClient,
+    session: aiohttp.ClientSession,
+    webhooks: WebhookSender | None,
+) -> WhatsAppService | None:
+    """The WhatsApp side of a campaign server, when an app secret is set.
+
+    Without the secret no webhook could be checked, so none is accepted.
+    """
+    from dialer.whatsapp import WhatsAppAccount
+    from voice.whatsapp import WhatsAppService
+
+    if not settings.whatsapp_app_secret:
+        return None
+    account = WhatsAppAccount(
+        settings.whatsapp_access_token,
+        base_url=settings.whatsapp_api_base,
+        session=session,
+    )
+    return WhatsAppService(
+        settings=settings,
+        attempts=attempts,
+        account=account,
+        llm=llm,
+        session=session,
+        webhooks=webhooks,
     )
 
 
@@ -156,6 +196,21 @@ def create_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/twilio/status", status_callback)
+    from voice import whatsapp
+
+    app.router.add_get("/whatsapp/webhook", whatsapp.verify_subscription)
+    app.router.add_post("/whatsapp/webhook", whatsapp.webhook)
+    conversations = services.whatsapp
+    if conversations is not None:
+
+        async def start_whatsapp(app: web.Application) -> None:
+            await conversations.start()
+
+        async def stop_whatsapp(app: web.Application) -> None:
+            await conversations.close()
+
+        app.on_startup.append(start_whatsapp)
+        app.on_cleanup.append(stop_whatsapp)
     settings = services.settings
     if services.store is not None and settings.admin_api:
         admin.mount(

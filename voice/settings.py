@@ -115,6 +115,19 @@ class Settings:
         ),
     )
 
+    # WhatsApp campaigns (Meta's Cloud API): one Meta app per server, like
+    # one Twilio account. The token sends; the app secret checks every
+    # webhook (X-Hub-Signature-256); the verify token answers Meta's
+    # subscription handshake. The service window is WhatsApp's rule (free
+    # text only within 24 h of the lead's last message): shorten it in tests
+    # only.
+    whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
+    whatsapp_access_token: str = field(default="", metadata={"secret": True})
+    whatsapp_app_secret: str = field(default="", metadata={"secret": True})
+    whatsapp_verify_token: str = field(default="", metadata={"secret": True})
+    whatsapp_service_window_s: float = field(default=86_400.0, metadata=_positive())
+    whatsapp_sweep_s: float = field(default=1.0, metadata=_positive())
+
     # Google Calendar, for campaigns that book meetings.
     google_calendar_api_base: str = "https://www.googleapis.com/calendar/v3"
 

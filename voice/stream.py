@@ -22,14 +22,13 @@ from aiohttp import web
 
 from campaign_store.models import Campaign
 from campaign_store.sink import to_model
-from dialer.window import parse_jurisdictions, window_for
 from pipelines.call import Agent, Call
 from pipelines.extract import extract_fields, outcome_for
 from pipelines.record import CallRecord
 from pipelines.tools.agent_tools import AgentTools, CallEffects, ToolContext
 from voice.calls import ExpectedCall
 from voice.errors import TwilioError
-from voice.persona import Persona, calendar_for, persona_for
+from voice.persona import Persona, persona_for, tool_context
 from voice.twilio_protocol import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
@@ -261,34 +260,21 @@ class StreamSession:
         """The call's tools, and the facts they work from."""
         services = self.services
         settings = services.settings
-        context = ToolContext(call_id=record.call_id)
         campaign = persona.campaign if persona is not None else None
         lead = persona.lead if persona is not None else None
         phone = lead.phone if lead is not None else self._expected.caller
-        if campaign is not None and phone:
-            store = services.store
-            assert store is not None
-            tenant = campaign.tenant
-            zone = lead.timezone if lead is not None else None
-            context.timezone = zone or campaign.schedule.timezone
-            context.window = window_for(
-                campaign.schedule,
-                zone,
+        if campaign is None or not phone or services.store is None:
+            context = ToolContext(call_id=record.call_id)
+        else:
+            context = tool_context(
+                campaign,
+                lead,
                 phone,
-                parse_jurisdictions(settings.calling_hours),
+                record.call_id,
+                store=services.store,
+                session=services.rest.session,
+                settings=settings,
             )
-
-            async def opt_out() -> None:
-                await store.dnc_add(tenant, [phone])
-
-            context.opt_out = opt_out
-            if campaign.calendar is not None:
-                context.calendar = calendar_for(
-                    campaign.calendar,
-                    services.rest.session,
-                    settings.google_calendar_api_base,
-                )
-                context.meeting_title = campaign.calendar.meeting_title
             if campaign.mcp_bindings:
                 self._mcp = asyncio.create_task(
                     self._connect_mcp(context, campaign, persona), name="mcp"

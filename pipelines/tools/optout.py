@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["asks_to_opt_out"]
+__all__ = ["asks_to_opt_out", "asks_to_stop_messages"]
 
 _PATTERNS = [
-    r"\b(?:do not|don't|dont|never)\s+(?:ever\s+)?(?:call|ring|phone|contact)\s+"
+    r"\b(?:do not|don't|dont|never)\s+(?:ever\s+)?"
+    r"(?:call|ring|phone|contact|message|text|write|whatsapp)\s+"
     r"(?:me|us|this number|here)\b",
-    r"\bstop\s+(?:calling|ringing|phoning|contacting)\b",
+    r"\bstop\s+(?:calling|ringing|phoning|contacting|messaging|texting|writing"
+    r"|sending)\b",
     r"\b(?:remove|take|delete|get)\s+(?:me|my (?:number|name)|this number)\s+"
     r"(?:off|from)\b",
     r"\b(?:put|add)\s+(?:me|my number|this number)\s+(?:on|to)\s+(?:your\s+|the\s+)?"
@@ -31,6 +33,19 @@ _PATTERNS = [
 ]
 _OPT_OUT = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE)
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
+
+
+# The words a whole message may be to opt out, as carriers treat SMS keywords.
+_KEYWORDS = frozenset(
+    {"stop", "stopall", "stop all", "unsubscribe", "cancel", "end", "quit",
+     "optout", "opt out", "opt-out", "revoke", "remove me"}
+)  # fmt: skip
+
+
+def asks_to_stop_messages(text: str) -> bool:
+    """Whether a written message asks for no more messages ("STOP", ...)."""
+    bare = " ".join(text.translate(_APOSTROPHES).lower().strip(" .!").split())
+    return bare in _KEYWORDS or asks_to_opt_out(text)
 
 
 def asks_to_opt_out(text: str) -> bool:

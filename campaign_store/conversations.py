@@ -1,0 +1,160 @@
+"""WhatsApp conversations in Redis: where each one is found, and when it ends.
+
+A conversation is stored as its attempt's record (`CallRecordModel` with
+`channel="whatsapp"`, at the campaign's `call:<attempt id>` key), linked
+from its lead like a call. Around it, keys without a campaign tag, since a
+webhook names only WhatsApp's ids:
+
+    vx:wa:open:<phone number id>:<wa_id>   "campaign:attempt" of the open
+                                           conversation with that contact
+    vx:wamid:<wamid>                       "campaign:attempt" of a message
+    vx:wa:deadlines                        zset "campaign:attempt" -> ms when
+                                           it lapses (reply wait, or the end
+                                           of the service window)
+    vx:wa:seen:<id>                        a webhook item already handled
+
+A contact has at most one open conversation per business number: the
+dialer opens one only for a lead it holds the lease of, and the lease is
+held until the conversation is settled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from campaign_store import codec
+from campaign_store.keys import PREFIX, CampaignKeys
+from campaign_store.models import CallRecordModel, Lead, now
+from campaign_store.store import Store
+
+__all__ = ["ConversationRef", "Conversations"]
+
+DEADLINES = f"{PREFIX}:wa:deadlines"
+SEEN_FOR_S = 7 * 86_400  # Meta retries a webhook for up to 7 days
+WAMID_FOR_S = 30 * 86_400
+
+
+def _open_key(phone_number_id: str, wa_id: str) -> str:
+    return f"{PREFIX}:wa:open:{phone_number_id}:{wa_id.lstrip('+')}"
+
+
+def _wamid_key(wamid: str) -> str:
+    return f"{PREFIX}:wamid:{wamid}"
+
+
+@dataclass(frozen=True)
+class ConversationRef:
+    """A conversation's campaign and attempt ids ("campaign:attempt")."""
+
+    campaign_id: str
+    attempt_id: str
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}:{self.attempt_id}"
+
+    @classmethod
+    def parse(cls, text: str | bytes | None) -> ConversationRef | None:
+        if text is None:
+            return None
+        raw = text.decode() if isinstance(text, bytes) else text
+        campaign_id, _, attempt_id = raw.partition(":")
+        if not campaign_id or not attempt_id:
+            return None
+        return cls(campaign_id, attempt_id)
+
+
+class Conversations:
+    """The store's WhatsApp side, shared by the dialer and the media server."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.redis: Any = store.redis
+
+    async def open(
+        self,
+        record: CallRecordModel,
+        phone_number_id: str,
+        wa_id: str,
+        lapses_at: float,
+    ) -> ConversationRef:
+        """Store a new conversation, link it from its lead, index it."""
+        ref = ConversationRef(record.campaign_id, record.id)
+        ck = CampaignKeys(record.campaign_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(ck.call(record.id), codec.encode("call", record))
+            pipe.rpush(ck.lead_calls(record.lead_id), record.id)
+            pipe.hincrby(ck.stats, "conversations", 1)
+            await pipe.execute()
+        await self.redis.set(_open_key(phone_number_id, wa_id), str(ref))
+        await self.redis.zadd(DEADLINES, {str(ref): int(lapses_at * 1000)})
+
+        def link(lead: Lead) -> Lead:
+            if record.id not in lead.calls:
+                lead.calls.append(record.id)
+            lead.updated_at = now()
+            return lead
+
+        await self.store._update(
+            ck.lead(record.lead_id), "lead", Lead, record.lead_id, link
+        )
+        return ref
+
+    async def get(self, ref: ConversationRef) -> CallRecordModel | None:
+        blob = await self.redis.get(CampaignKeys(ref.campaign_id).call(ref.attempt_id))
+        return None if blob is None else codec.decode("call", blob, CallRecordModel)
+
+    async def update(
+        self,
+        ref: ConversationRef,
+        change: Callable[[CallRecordModel], CallRecordModel],
+    ) -> CallRecordModel:
+        key = CampaignKeys(ref.campaign_id).call(ref.attempt_id)
+        updated: CallRecordModel = await self.store._update(
+            key, "call", CallRecordModel, ref.attempt_id, change
+        )
+        return updated
+
+    async def find_open(
+        self, phone_number_id: str, wa_id: str
+    ) -> ConversationRef | None:
+        raw = await self.redis.get(_open_key(phone_number_id, wa_id))
+        return ConversationRef.parse(raw)
+
+    async def forget_open(
+        self, phone_number_id: str, wa_id: str, ref: ConversationRef
+    ) -> None:
+        """Unindex the contact's open conversation, if it is still `ref`."""
+        key = _open_key(phone_number_id, wa_id)
+        if await self.redis.get(key) == str(ref).encode():
+            await self.redis.delete(key)
+        await self.redis.zrem(DEADLINES, str(ref))
+
+    async def index_message(self, wamid: str, ref: ConversationRef) -> None:
+        await self.redis.set(_wamid_key(wamid), str(ref), ex=WAMID_FOR_S)
+
+    async def by_message(self, wamid: str) -> ConversationRef | None:
+        return ConversationRef.parse(await self.redis.get(_wamid_key(wamid)))
+
+    async def set_deadline(self, ref: ConversationRef, lapses_at: float) -> None:
+        # XX: a conversation already closed (and unindexed) stays closed.
+        await self.redis.zadd(DEADLINES, {str(ref): int(lapses_at * 1000)}, xx=True)
+
+    async def lapsed(self, at: float, limit: int = 50) -> list[ConversationRef]:
+        raw = await self.redis.zrangebyscore(
+            DEADLINES, "-inf", int(at * 1000), start=0, num=limit
+        )
+        refs = [ConversationRef.parse(r) for r in raw]
+        return [r for r in refs if r is not None]
+
+    async def take(self, ref: ConversationRef) -> bool:
+        """Claim a lapsed conversation for closing: True for one caller only."""
+        return bool(await self.redis.zrem(DEADLINES, str(ref)))
+
+    async def first_seen(self, item_id: str) -> bool:
+        """True the first time a webhook item id is seen, False for a repeat."""
+        done = await self.redis.set(
+            f"{PREFIX}:wa:seen:{item_id}", "1", nx=True, ex=SEEN_FOR_S
+        )
+        return bool(done)

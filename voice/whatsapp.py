@@ -1,0 +1,738 @@
+"""WhatsApp on the media server: Meta's webhooks, and the agent's written answers.
+
+    GET  /whatsapp/webhook   Meta's subscription handshake (hub.verify_token)
+    POST /whatsapp/webhook   messages and statuses, signed X-Hub-Signature-256
+
+The rules:
+
+- A POST whose `X-Hub-Signature-256` is not the HMAC-SHA256 of its raw body
+  under the app secret is refused (401) before anything is read from it.
+- Every message and every status is handled once: Meta delivers at least
+  once, so an id already seen is ignored (`vx:wa:seen`).
+- A webhook is answered once its items are stored; the agent's reply is
+  written and sent after that, in the background, since Meta expects an
+  answer within seconds and an LLM with tools may take longer.
+- Free text goes out only inside the customer-service window, which the
+  lead's last message opens for `whatsapp_service_window_s` (24 h); outside
+  it only the dialer's templates go out, when the follow-up rules say.
+- An opt-out ("STOP", "don't message me", or the agent's opt_out tool) puts
+  the number on the do-not-call list before the webhook is answered; the
+  agent confirms in one message and the conversation closes.
+- A conversation closes once: by end_call, an opt-out, a failed template, or
+  when it lapses (the reply wait, or the service window, ran out). Closing
+  extracts the campaign's fields and settles the attempt, so the lead's
+  status and follow-ups come from the same rules as a call's.
+
+A message from a contact with no open conversation (a late reply, a number
+we never wrote to) is kept on the lead's last conversation when there is
+one; its opt-out applies; the agent does not answer it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from campaign_store.conversations import ConversationRef, Conversations
+from campaign_store.errors import NotFound, StoreError
+from campaign_store.models import (
+    CallRecordModel,
+    Campaign,
+    Lead,
+    LeadStatus,
+    MessageRecord,
+    TurnRecord,
+    WhatsAppChannel,
+)
+from dialer.attempts import Attempts, mask
+from dialer.claims import Claim
+from dialer.lifecycle import Result
+from dialer.messaging import lapse_result
+from dialer.whatsapp import MessageError, WhatsAppAccount
+from pipelines.conversation import Turn, context_for, write_reply
+from pipelines.errors import LLMError
+from pipelines.extract import extract_fields
+from pipelines.llm import ChatClient
+from pipelines.record import Turn as CallTurn
+from pipelines.tools.agent_tools import AgentTools, CallEffects
+from pipelines.tools.optout import asks_to_stop_messages
+from voice.persona import persona_for, tool_context
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from voice.settings import Settings
+    from voice.webhooks import WebhookSender
+
+__all__ = [
+    "IncomingMessage",
+    "StatusUpdate",
+    "WhatsAppService",
+    "parse_webhook",
+    "signature_ok",
+]
+
+log = logging.getLogger("voxdial.whatsapp")
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+LEASE_GRACE_S = 600.0
+OPTED_OUT_TEXT = (
+    "Understood: you will not get any more messages from us. Sorry for the trouble."
+)
+FALLBACK_TEXT = "Sorry, I cannot answer right now. Someone will get back to you."
+_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3}
+_OUTCOMES = {r.value: r for r in Result}
+
+
+class ConversationLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger that prefixes every line with the conversation's attempt id."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[{extra.get('conversation', '-')}] {msg}", kwargs
+
+
+# The webhook's content.
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    phone_number_id: str
+    wa_id: str  # the contact, digits only
+    wamid: str
+    text: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    phone_number_id: str
+    wamid: str
+    status: str
+    at: float
+    callback_data: str
+    error: str
+
+
+def signature_ok(app_secret: str, body: bytes, header: str) -> bool:
+    """Whether `header` is "sha256=<hex>" of `body` under `app_secret`."""
+    if not app_secret or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header[len("sha256=") :].strip().lower())
+
+
+def _when(raw: Any) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return time.time()
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """The words of a message; other kinds are named, for the transcript."""
+    kind = str(message.get("type") or "")
+    if kind == "text":
+        return str((message.get("text") or {}).get("body") or "")
+    if kind == "button":
+        return str((message.get("button") or {}).get("text") or "")
+    if kind == "interactive":
+        reply = message.get("interactive") or {}
+        chosen = reply.get("button_reply") or reply.get("list_reply") or {}
+        return str(chosen.get("title") or "")
+    return f"[{kind or 'unknown'} message]"
+
+
+def _status_error(status: dict[str, Any]) -> str:
+    errors = status.get("errors")
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return ""
+    first = errors[0]
+    return f"{first.get('code', '')} {first.get('title', '')}".strip()[:200]
+
+
+def parse_webhook(payload: Any) -> list[IncomingMessage | StatusUpdate]:
+    """The messages and statuses in one webhook body; other changes are skipped.
+
+    Raises ValueError for a body that is not a WhatsApp webhook at all.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
+        raise ValueError("not a WhatsApp webhook: no entry list")
+    items: list[IncomingMessage | StatusUpdate] = []
+    for entry in payload["entry"]:
+        for change in (entry or {}).get("changes") or ():
+            if not isinstance(change, dict) or change.get("field") != "messages":
+                continue
+            value = change.get("value") or {}
+            number_id = str((value.get("metadata") or {}).get("phone_number_id", ""))
+            for message in value.get("messages") or ():
+                if not isinstance(message, dict) or not message.get("id"):
+                    continue
+                items.append(
+                    IncomingMessage(
+                        phone_number_id=number_id,
+                        wa_id=str(message.get("from", "")).lstrip("+"),
+                        wamid=str(message["id"]),
+                        text=_message_text(message)[:4096],
+                        at=_when(message.get("timestamp")),
+                    )
+                )
+            for status in value.get("statuses") or ():
+                if not isinstance(status, dict) or not status.get("id"):
+                    continue
+                items.append(
+                    StatusUpdate(
+                        phone_number_id=number_id,
+                        wamid=str(status["id"]),
+                        status=str(status.get("status", "")),
+                        at=_when(status.get("timestamp")),
+                        callback_data=str(status.get("biz_opaque_callback_data", "")),
+                        error=_status_error(status),
+                    )
+                )
+    return items
+
+
+# The conversations.
+
+
+class WhatsAppService:
+    """Carries every WhatsApp conversation on, for one media server process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        attempts: Attempts,
+        account: WhatsAppAccount,
+        llm: ChatClient,
+        session: aiohttp.ClientSession,
+        webhooks: WebhookSender | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = attempts.store
+        self.attempts = attempts
+        self.conversations = Conversations(attempts.store)
+        self.account = account
+        self.llm = llm
+        self.session = session
+        self.webhooks = webhooks
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="whatsapp-sweeper")
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *([self._sweeper] if self._sweeper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def idle(self, limit_s: float = 10.0) -> None:
+        """Wait for the replies in progress (tests, shutdown)."""
+        deadline = time.monotonic() + limit_s
+        # Waited in rounds: an answer may start another task (a close).
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+
+    def _lock(self, ref: ConversationRef) -> asyncio.Lock:
+        return self._locks.setdefault(str(ref), asyncio.Lock())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("WhatsApp task failed", exc_info=task.exception())
+
+    async def handle(self, items: Sequence[IncomingMessage | StatusUpdate]) -> None:
+        """Store what one webhook brought; replies follow in the background."""
+        for item in items:
+            if isinstance(item, IncomingMessage):
+                if await self.conversations.first_seen(f"m:{item.wamid}"):
+                    await self._receive(item)
+            elif await self.conversations.first_seen(f"s:{item.wamid}:{item.status}"):
+                await self._on_status(item)
+
+    # A message from a lead.
+
+    async def _receive(self, item: IncomingMessage) -> None:
+        ref = await self.conversations.find_open(item.phone_number_id, item.wa_id)
+        if ref is None:
+            await self._stray(item)
+            return
+        clog = ConversationLog(log, {"conversation": ref.attempt_id})
+        async with self._lock(ref):
+            attempt = await self.attempts.get(ref.campaign_id, ref.attempt_id)
+            if attempt is None:
+                clog.warning("message for a conversation without its attempt")
+                return
+            window_until = item.at + self.settings.whatsapp_service_window_s
+            opting_out = asks_to_stop_messages(item.text)
+
+            def received(record: CallRecordModel) -> CallRecordModel:
+                record.messages.append(
+                    MessageRecord(
+                        id=item.wamid,
+                        direction="in",
+                        text=item.text,
+                        at=item.at,
+                        status="received",
+                    )
+                )
+                record.transcript.append(
+                    TurnRecord(
+                        speaker="lead",
+                        text=item.text,
+                        started_at=item.at,
+                        ended_at=item.at,
+                        source="whatsapp",
+                    )
+                )
+                if record.answered_at is None:
+                    record.answered_at = item.at
+                record.service_window_until = max(
+                    record.service_window_until or 0.0, window_until
+                )
+                if opting_out:
+                    record.opted_out = True
+                    record.outcome = "do_not_call"
+                    record.outcome_source = "opt_out"
+                return record
+
+            record = await self.conversations.update(ref, received)
+            clog.info("message from %s", mask(attempt.to))
+            if record.ended_at is not None:
+                return  # closed meanwhile: kept, not answered
+            if opting_out:
+                campaign = await self.store.campaign_by_id(ref.campaign_id)
+                await self.store.dnc_add(campaign.tenant, [attempt.to])
+                clog.info("%s opted out: on the do-not-call list", mask(attempt.to))
+            claim = Claim(ref.campaign_id, attempt.lead_id, attempt.token)
+            lapses = record.service_window_until or window_until
+            await self.claims_renew(claim, lapses + LEASE_GRACE_S)
+            await self.conversations.set_deadline(ref, lapses)
+            lead = await self.store.lead_by_id(ref.campaign_id, attempt.lead_id)
+            if lead.status is LeadStatus.MESSAGED:
+                await self.attempts.mark_status(claim, lead, LeadStatus.IN_CONVERSATION)
+        self._spawn(self._answer(ref))
+
+    async def claims_renew(self, claim: Claim, until: float) -> None:
+        if not await self.attempts.claims.renew(claim, int(until * 1000)):
+            log.warning("conversation %s: its lease is gone", claim.lead_id)
+
+    async def _stray(self, item: IncomingMessage) -> None:
+        """A message outside any open conversation: kept, opt-out honoured."""
+        number = "+" + item.wa_id
+        campaign = await self.store.campaign_for_number(f"wa:{item.phone_number_id}")
+        lead = None
+        if campaign is not None:
+            lead = await self.store.lead_for_number(campaign.id, number)
+        if campaign is not None and asks_to_stop_messages(item.text):
+            await self.store.dnc_add(campaign.tenant, [number])
+            log.info("%s opted out after the conversation", mask(number))
+        if lead is None or not lead.calls:
+            log.info("message from %s outside any conversation", mask(number))
+            return
+        ref = ConversationRef(lead.campaign_id, lead.calls[-1])
+
+        def kept(record: CallRecordModel) -> CallRecordModel:
+            record.messages.append(
+                MessageRecord(
+                    id=item.wamid,
+                    direction="in",
+                    text=item.text,
+                    at=item.at,
+                    status="received",
+                    error="after the conversation closed: not answered",
+                )
+            )
+            return record
+
+        with contextlib.suppress(NotFound):
+            await self.conversations.update(ref, kept)
+        log.info("late message from %s kept on %s", mask(number), ref)
+
+    # The agent's answer.
+
+    async def _answer(self, ref: ConversationRef) -> None:
+        clog = ConversationLog(log, {"conversation": ref.attempt_id})
+        async with self._lock(ref):
+            record = await self.conversations.get(ref)
+            if record is None or record.ended_at is not None:
+                return
+            if not record.transcript or record.transcript[-1].speaker != "lead":
+                return  # an earlier answer already read this message
+            campaign = await self.store.campaign_by_id(ref.campaign_id)
+            lead = await self.store.lead_by_id(ref.campaign_id, record.lead_id)
+            effects = CallEffects(
+                outcome=record.outcome,
+                callback_at=record.callback_at,
+                callback_local=record.callback_local,
+                booking=record.booking,
+                opted_out=record.opted_out,
+            )
+            if record.opted_out:
+                text = OPTED_OUT_TEXT
+            else:
+                text = await self._write(campaign, lead, record, effects, clog)
+                if effects.opted_out:
+                    await self._keep_effects(ref, effects)
+            if text:
+                await self._send_text(ref, campaign, lead, text, clog)
+            await self._keep_effects(ref, effects)
+            if effects.hang_up or effects.opted_out:
+                reason = "opted_out" if effects.opted_out else "agent_closed"
+                await self._close(ref, reason, clog=clog)
+
+    async def _write(
+        self,
+        campaign: Campaign,
+        lead: Lead,
+        record: CallRecordModel,
+        effects: CallEffects,
+        clog: ConversationLog,
+    ) -> str:
+        persona = await persona_for(self.store, campaign.id, lead.id)
+        if persona is None:
+            clog.warning("the campaign has no agent: not answered")
+            return ""
+        context = tool_context(
+            campaign,
+            lead,
+            lead.phone,
+            record.id,
+            store=self.store,
+            session=self.session,
+            settings=self.settings,
+        )
+        tools = AgentTools(persona.tools, context, effects)
+        now_local = datetime.now(ZoneInfo(context.timezone))
+        messages = context_for(
+            persona.system_prompt,
+            persona.fields,
+            [Turn(t.speaker, t.text) for t in _turns(record)],
+            now_local=now_local,
+            done_so_far=_done_so_far(effects),
+        )
+        try:
+            if campaign.mcp_bindings:
+                from pipelines.tools.mcp_tools import McpToolbox
+
+                async with McpToolbox.open(
+                    campaign.mcp_bindings, persona.fields, log=clog
+                ) as box:
+                    context.mcp = box
+                    return await write_reply(self.llm, tools, messages, log=clog)
+            return await write_reply(self.llm, tools, messages, log=clog)
+        except LLMError as exc:
+            clog.warning("the LLM failed (%s): a fallback answer", exc)
+            return FALLBACK_TEXT
+
+    async def _send_text(
+        self,
+        ref: ConversationRef,
+        campaign: Campaign,
+        lead: Lead,
+        text: str,
+        clog: ConversationLog,
+    ) -> None:
+        record = await self.conversations.get(ref)
+        channel = campaign.channel
+        if record is None or not isinstance(channel, WhatsAppChannel):
+            return
+        now = time.time()
+        if (record.service_window_until or 0.0) <= now:
+            clog.info("the service window has closed: the answer is not sent")
+            return
+        client = self.account.client(channel.phone_number_id)
+        try:
+            sent = await client.send_text(lead.phone, text, callback_data=str(ref))
+        except MessageError as exc:
+            clog.warning("answer not sent: %s", exc)
+            error = str(exc)[:300]
+
+            def failed(current: CallRecordModel) -> CallRecordModel:
+                current.errors.append(error)
+                return current
+
+            await self.conversations.update(ref, failed)
+            return
+        await self.conversations.index_message(sent.wamid, ref)
+
+        def sent_now(current: CallRecordModel) -> CallRecordModel:
+            current.messages.append(
+                MessageRecord(id=sent.wamid, direction="out", text=text, at=now)
+            )
+            current.transcript.append(
+                TurnRecord(
+                    speaker="agent",
+                    text=text,
+                    started_at=now,
+                    ended_at=now,
+                    source="whatsapp",
+                )
+            )
+            return current
+
+        await self.conversations.update(ref, sent_now)
+
+    async def _keep_effects(self, ref: ConversationRef, effects: CallEffects) -> None:
+        def kept(record: CallRecordModel) -> CallRecordModel:
+            record.callback_at = effects.callback_at
+            record.callback_local = effects.callback_local
+            record.booking = effects.booking
+            if effects.opted_out:
+                record.opted_out = True
+                record.outcome, record.outcome_source = "do_not_call", "opt_out"
+            elif effects.outcome and not record.opted_out:
+                record.outcome, record.outcome_source = effects.outcome, "agent"
+            if effects.reason:
+                record.outcome_reason = effects.reason
+            return record
+
+        await self.conversations.update(ref, kept)
+
+    # Statuses.
+
+    async def _on_status(self, item: StatusUpdate) -> None:
+        ref = await self.conversations.by_message(item.wamid)
+        if ref is None:
+            # A send whose answer never came: its statuses name the attempt.
+            ref = ConversationRef.parse(item.callback_data)
+            if ref is None:
+                return
+            await self.conversations.index_message(item.wamid, ref)
+        opening = False
+
+        def updated(record: CallRecordModel) -> CallRecordModel:
+            nonlocal opening
+            message = next((m for m in record.messages if m.id == item.wamid), None)
+            if message is None:
+                if any(m.kind == "template" for m in record.messages):
+                    return record  # not one of ours to place
+                message = MessageRecord(
+                    id=item.wamid,
+                    direction="out",
+                    kind="template",
+                    text="[template: its send was not confirmed]",
+                    at=item.at,
+                )
+                record.messages.insert(0, message)
+            if message.status == "failed" or (
+                item.status != "failed"
+                and _STATUS_RANK.get(item.status, -1)
+                <= _STATUS_RANK.get(message.status, -1)
+            ):
+                return record  # statuses arrive in any order: never backwards
+            message.status = item.status
+            message.status_at = item.at
+            if item.status == "failed":
+                message.error = item.error
+                opening = message.kind == "template"
+            return record
+
+        try:
+            await self.conversations.update(ref, updated)
+        except NotFound:
+            return
+        if item.status == "failed":
+            log.info("[%s] message failed: %s", ref.attempt_id, item.error)
+        if opening:
+            # The template never reached the lead: a failed attempt.
+            async with self._lock(ref):
+                await self._close(ref, "template_failed", result=Result.FAILED)
+
+    # Closing.
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.whatsapp_sweep_s)
+            try:
+                for ref in await self.conversations.lapsed(time.time()):
+                    if await self.conversations.take(ref):
+                        self._spawn(self._lapse(ref))
+            except (RedisError, OSError) as exc:
+                log.warning("WhatsApp sweep failed (%s); retrying", exc)
+
+    async def _lapse(self, ref: ConversationRef) -> None:
+        async with self._lock(ref):
+            record = await self.conversations.get(ref)
+            result, _ = lapse_result(record)
+            await self._close(ref, "lapsed", result=result)
+
+    async def _close(
+        self,
+        ref: ConversationRef,
+        reason: str,
+        *,
+        result: Result | None = None,
+        clog: ConversationLog | None = None,
+    ) -> None:
+        """End the conversation once, extract its fields, settle its attempt."""
+        clog = clog or ConversationLog(log, {"conversation": ref.attempt_id})
+        attempt = await self.attempts.get(ref.campaign_id, ref.attempt_id)
+        if attempt is None:
+            return
+        first = False
+
+        def ended(record: CallRecordModel) -> CallRecordModel:
+            nonlocal first
+            if record.ended_at is not None:
+                return record
+            first = True
+            record.ended_at = time.time()
+            record.end_reason = reason
+            if result is not None and not (record.opted_out or record.outcome):
+                record.outcome, record.outcome_source = result.value, "rule"
+            elif result is Result.FAILED:
+                record.outcome, record.outcome_source = "failed", "rule"
+            if not record.outcome:
+                record.outcome, record.outcome_source = "no_answer", "rule"
+            return record
+
+        record = await self.conversations.update(ref, ended)
+        if not first:
+            return
+        campaign = await self.store.campaign_by_id(ref.campaign_id)
+        if isinstance(campaign.channel, WhatsAppChannel):
+            await self.conversations.forget_open(
+                campaign.channel.phone_number_id, attempt.to, ref
+            )
+        record = await self._extract(ref, campaign, record)
+        outcome = _OUTCOMES.get(record.outcome, Result.COMPLETED)
+        try:
+            await self.attempts.settle(
+                attempt, outcome, callback_at=record.callback_at, record=record
+            )
+        except (StoreError, NotFound) as exc:
+            clog.warning("conversation closed, attempt not settled here: %s", exc)
+        clog.info(
+            "conversation closed: %s, %d messages, outcome %s",
+            reason,
+            len(record.messages),
+            record.outcome,
+        )
+        if campaign.webhook is not None and self.webhooks is not None:
+            payload = {"event": "conversation.completed", "call": record.model_dump()}
+            self.webhooks.send(
+                campaign.webhook.url, campaign.webhook.secret, record.id, payload
+            )
+
+    async def _extract(
+        self, ref: ConversationRef, campaign: Campaign, record: CallRecordModel
+    ) -> CallRecordModel:
+        if not any(f.extract for f in campaign.fields):
+            return record
+        values, flags = await extract_fields(
+            self.llm,
+            [
+                CallTurn(
+                    "agent" if t.speaker == "agent" else "caller",
+                    t.text,
+                    t.started_at,
+                    t.ended_at,
+                    source="whatsapp",
+                )
+                for t in _turns(record)
+            ],
+            campaign.fields,
+        )
+
+        def extracted(current: CallRecordModel) -> CallRecordModel:
+            current.extracted, current.extraction_flags = dict(values), flags
+            return current
+
+        return await self.conversations.update(ref, extracted)
+
+
+def _turns(record: CallRecordModel) -> list[TurnRecord]:
+    """The conversation's words, the opening template first."""
+    opening = next((m for m in record.messages if m.kind == "template"), None)
+    turns = list(record.transcript)
+    if opening is not None:
+        turns.insert(
+            0,
+            TurnRecord(
+                speaker="agent",
+                text=opening.text,
+                started_at=opening.at,
+                ended_at=opening.at,
+                source="template",
+            ),
+        )
+    return turns
+
+
+def _done_so_far(effects: CallEffects) -> list[str]:
+    notes = []
+    if effects.booking:
+        notes.append(
+            f"Already done in this conversation: a meeting is booked for "
+            f"{effects.booking.get('start', '')}. Do not book it again."
+        )
+    if effects.callback_local:
+        notes.append(
+            f"Already done in this conversation: a callback is set for "
+            f"{effects.callback_local}."
+        )
+    return notes
+
+
+# The routes.
+
+
+async def verify_subscription(request: web.Request) -> web.Response:
+    """Meta's handshake: echo `hub.challenge` when the verify token matches."""
+    from voice.server import SERVICES
+
+    settings = request.app[SERVICES].settings
+    query = request.query
+    token = query.get("hub.verify_token", "")
+    expected = settings.whatsapp_verify_token
+    if (
+        query.get("hub.mode") != "subscribe"
+        or not expected
+        or not hmac.compare_digest(token.encode(), expected.encode())
+    ):
+        raise web.HTTPForbidden(text="hub.verify_token does not match")
+    return web.Response(text=query.get("hub.challenge", ""))
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """Messages and statuses from Meta, checked against the app secret first."""
+    from voice.server import SERVICES
+
+    services = request.app[SERVICES]
+    body = await request.read()
+    header = request.headers.get(SIGNATURE_HEADER, "")
+    if not signature_ok(services.settings.whatsapp_app_secret, body, header):
+        services.metrics.errors.inc(1.0, "bad_signature")
+        raise web.HTTPUnauthorized(text=f"invalid {SIGNATURE_HEADER}")
+    try:
+        items = parse_webhook(json.loads(body))
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"not a WhatsApp webhook: {exc}") from exc
+    whatsapp = services.whatsapp
+    if whatsapp is None:
+        raise web.HTTPServiceUnavailable(text="WhatsApp is not configured here")
+    await whatsapp.handle(items)
+    return web.Response(status=200)
