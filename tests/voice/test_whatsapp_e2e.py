@@ -124,9 +124,7 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
         whatsapp_sweep_s=0.1,
     )
     try:
-        async with run_harness(
-            instant_models, settings, SCRIPT, store=store
-        ) as server:
+        async with run_harness(instant_models, settings, SCRIPT, store=store) as server:
             hook = f"{server.url}/whatsapp/webhook"
             assert await standin.verify_webhook(hook, "verify-me", "42") == (200, "42")
             status, _ = await standin.verify_webhook(hook, "wrong", "42")
@@ -163,7 +161,9 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
                     ),
                     fields=[FieldDef(name="visit_reason", extract=True)],
                     follow_ups=[
-                        FollowUpRule(outcome="no_answer", delay_minutes=0, max_attempts=2)
+                        FollowUpRule(
+                            outcome="no_answer", delay_minutes=0, max_attempts=2
+                        )
                     ],
                 ),
             )
