@@ -307,6 +307,7 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
                 llm=services.llm,
                 session=self.session,
                 webhooks=services.webhooks,
+                metrics=services.metrics,
             )
         self.services = services
         self.runner = web.AppRunner(create_app(services))

@@ -157,6 +157,16 @@ class Metrics:
             "Onset of caller speech over the agent to `clear` sent.",
             _LATENCY_BUCKETS,
         )
+        self.messages = Counter(
+            "voxdial_whatsapp_messages_total",
+            "WhatsApp messages received and sent.",
+            ["direction"],
+        )
+        self.conversations_total = Counter(
+            "voxdial_whatsapp_conversations_total",
+            "WhatsApp conversations that have ended.",
+            ["end_reason"],
+        )
         self.loop_lag = Histogram(
             "voxdial_event_loop_lag_seconds",
             "How late a 50 ms timer of the event loop fired.",
@@ -178,6 +188,8 @@ class Metrics:
             self.errors,
             self.turn_latency,
             self.barge_in_latency,
+            self.messages,
+            self.conversations_total,
             self.loop_lag,
             self.loop_lag_max,
         ]

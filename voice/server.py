@@ -109,6 +109,7 @@ def campaign_services(
         session=session,
     )
     webhooks = WebhookSender(session)
+    metrics = Metrics()
     return Services(
         settings=settings,
         models=models,
@@ -119,14 +120,19 @@ def campaign_services(
             FileCallSink(settings.data_dir / "calls"),
             after_save=attempts.maybe_settle,
         ),
-        metrics=Metrics(),
+        metrics=metrics,
         directory=CallDirectory(),
         call_config=call_config(settings),
         store=store,
         attempts=attempts,
         webhooks=webhooks,
         whatsapp=whatsapp_service(
-            settings, attempts=attempts, llm=llm, session=session, webhooks=webhooks
+            settings,
+            attempts=attempts,
+            llm=llm,
+            session=session,
+            webhooks=webhooks,
+            metrics=metrics,
         ),
     )
 
@@ -138,6 +144,7 @@ def whatsapp_service(
     llm: ChatClient,
     session: aiohttp.ClientSession,
     webhooks: WebhookSender | None,
+    metrics: Metrics | None = None,
 ) -> WhatsAppService | None:
     """The WhatsApp side of a campaign server, when an app secret is set.
 
@@ -160,6 +167,7 @@ def whatsapp_service(
         llm=llm,
         session=session,
         webhooks=webhooks,
+        metrics=metrics,
     )
 
 

@@ -69,6 +69,7 @@ from pipelines.llm import ChatClient
 from pipelines.record import Turn as CallTurn
 from pipelines.tools.agent_tools import AgentTools, CallEffects
 from pipelines.tools.optout import asks_to_stop_messages
+from voice.metrics import Metrics
 from voice.persona import persona_for, tool_context
 
 if TYPE_CHECKING:
@@ -93,7 +94,8 @@ OPTED_OUT_TEXT = (
     "Understood: you will not get any more messages from us. Sorry for the trouble."
 )
 FALLBACK_TEXT = "Sorry, I cannot answer right now. Someone will get back to you."
-_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3}
+_STATUS_RANK = {"unknown": -1, "accepted": 0, "sent": 1, "delivered": 2, "read": 3}
+UNCONFIRMED = "unconfirmed:"  # the id of an answer whose send went unanswered
 _OUTCOMES = {r.value: r for r in Result}
 
 
@@ -221,8 +223,10 @@ class WhatsAppService:
         llm: ChatClient,
         session: aiohttp.ClientSession,
         webhooks: WebhookSender | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.store = attempts.store
         self.attempts = attempts
         self.conversations = Conversations(attempts.store)
@@ -319,6 +323,7 @@ class WhatsAppService:
                 return record
 
             record = await self.conversations.update(ref, received)
+            self.metrics.messages.inc(1.0, "in")
             clog.info("message from %s", mask(attempt.to))
             if record.ended_at is not None:
                 return  # closed meanwhile: kept, not answered
@@ -467,20 +472,30 @@ class WhatsAppService:
         try:
             sent = await client.send_text(lead.phone, text, callback_data=str(ref))
         except MessageError as exc:
-            clog.warning("answer not sent: %s", exc)
             error = str(exc)[:300]
+            if exc.placed is not None:
+                clog.warning("answer not sent: %s", exc)
 
-            def failed(current: CallRecordModel) -> CallRecordModel:
-                current.errors.append(error)
-                return current
+                def failed(current: CallRecordModel) -> CallRecordModel:
+                    current.errors.append(error)
+                    return current
 
-            await self.conversations.update(ref, failed)
-            return
-        await self.conversations.index_message(sent.wamid, ref)
+                await self.conversations.update(ref, failed)
+                return
+            # It may have reached the lead: kept as written, and matched to
+            # its WhatsApp id when a status for it comes (see `_on_status`).
+            clog.warning("answer perhaps not sent: %s", exc)
+            wamid, status = f"{UNCONFIRMED}{now}", "unknown"
+        else:
+            wamid, status = sent.wamid, "accepted"
+            await self.conversations.index_message(sent.wamid, ref)
+        self.metrics.messages.inc(1.0, "out")
 
         def sent_now(current: CallRecordModel) -> CallRecordModel:
             current.messages.append(
-                MessageRecord(id=sent.wamid, direction="out", text=text, at=now)
+                MessageRecord(
+                    id=wamid, direction="out", text=text, at=now, status=status
+                )
             )
             current.transcript.append(
                 TurnRecord(
@@ -526,6 +541,12 @@ class WhatsAppService:
         def updated(record: CallRecordModel) -> CallRecordModel:
             nonlocal opening
             message = next((m for m in record.messages if m.id == item.wamid), None)
+            if message is None:
+                message = next(
+                    (m for m in record.messages if m.id.startswith(UNCONFIRMED)), None
+                )
+                if message is not None:
+                    message.id = item.wamid  # the oldest unconfirmed answer
             if message is None:
                 if any(m.kind == "template" for m in record.messages):
                     return record  # not one of ours to place
@@ -625,6 +646,7 @@ class WhatsAppService:
             )
         except (StoreError, NotFound) as exc:
             clog.warning("conversation closed, attempt not settled here: %s", exc)
+        self.metrics.conversations_total.inc(1.0, reason)
         clog.info(
             "conversation closed: %s, %d messages, outcome %s",
             reason,

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from campaign_store.keys import CampaignKeys
 from campaign_store.models import (
     AgentInput,
@@ -35,6 +37,7 @@ from dialer.carrier_standin import CarrierStandin
 from dialer.dialer import Dialer, DialerConfig
 from dialer.twilio_carrier import TwilioCarrier
 from dialer.window import Jurisdictions
+from pipelines.models import Models
 
 T = "acme"
 ACCOUNT = "AC" + "2" * 32
@@ -228,3 +231,9 @@ def end_process(process: subprocess.Popen[bytes], limit_s: float = 10.0) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
     return process.wait()
+
+
+@pytest.fixture(scope="module")
+def instant_models() -> Models:
+    """The instant speech stand-ins: WhatsApp conversations have no audio."""
+    return Models.instant(smart_turn=False)
