@@ -152,6 +152,9 @@ class Conversations:
         """Claim a lapsed conversation for closing: True for one caller only."""
         return bool(await self.redis.zrem(DEADLINES, str(ref)))
 
+    async def forget_seen(self, item_id: str) -> None:
+        await self.redis.delete(f"{PREFIX}:wa:seen:{item_id}")
+
     async def first_seen(self, item_id: str) -> bool:
         """True the first time a webhook item id is seen, False for a repeat."""
         done = await self.redis.set(

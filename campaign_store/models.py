@@ -145,6 +145,25 @@ class WhatsAppTemplate(Strict):
         max_length=20,
         description="Lead fields filling the template's {{1}}, {{2}}, ... in order.",
     )
+    body: Annotated[str, StringConstraints(max_length=1024)] = Field(
+        default="",
+        description="The approved template's body text, with its {{1}}, {{2}}, "
+        "...: what the transcript and the agent show as the opening message. "
+        "Empty: the agent's greeting stands for it.",
+    )
+
+    def numbered(self) -> set[int]:
+        """The {{n}} of `body`."""
+        return {int(n) for n in re.findall(r"\{\{\s*(\d+)\s*\}\}", self.body)}
+
+    def render(self, values: list[str]) -> str:
+        """`body` with each {{n}} filled from `values`."""
+
+        def fill(match: re.Match[str]) -> str:
+            n = int(match.group(1))
+            return values[n - 1] if 0 < n <= len(values) else match.group(0)
+
+        return re.sub(r"\{\{\s*(\d+)\s*\}\}", fill, self.body)
 
 
 class WhatsAppChannel(Strict):

@@ -80,6 +80,15 @@ def review(campaign: Campaign, agent: Agent | None, leads: int) -> list[Problem]
                     "channel.template.variables",
                     f"template variable {name!r} is not a lead field",
                 )
+        template = campaign.channel.template
+        wanted = set(range(1, len(template.variables) + 1))
+        if template.body and template.numbered() != wanted:
+            add(
+                "template_body_mismatch",
+                "channel.template.body",
+                f"the body's placeholders {sorted(template.numbered())} do not "
+                f"match the {len(template.variables)} variables",
+            )
     else:
         assert isinstance(campaign.channel, PhoneChannel)
 

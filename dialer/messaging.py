@@ -149,6 +149,9 @@ class OpeningSender:
         ref = await self.conversations.open(
             record, channel.phone_number_id, lead.phone, reply_by
         )
+        # Read again: the lead now links the conversation, and what this
+        # dialer writes back must keep that link.
+        lead = await self.store.lead_by_id(campaign.id, lead.id)
         await self.claims.renew(claim, self._ms(reply_by + self.grace_s))
         client = self.account.client(channel.phone_number_id)
         try:
@@ -193,10 +196,12 @@ class OpeningSender:
     ) -> str:
         """What the lead read, as the transcript keeps it.
 
-        The template's own text lives at Meta; the agent's greeting, filled
-        the same way, stands for it when the agent has one.
+        The template's body as the campaign states it, filled; without one
+        (the text lives at Meta), the agent's greeting filled the same way.
         """
         template = campaign.channel.template  # type: ignore[union-attr]
+        if template.body:
+            return template.render(values)
         if campaign.agent_id is not None:
             try:
                 agent = await self.store.get_agent(campaign.tenant, campaign.agent_id)

@@ -25,7 +25,7 @@ from typing import Any
 
 from pipelines import prompt
 from pipelines.errors import LLMError
-from pipelines.llm import ChatClient, ToolCall
+from pipelines.llm import ChatClient, ToolCall, tool_calls_message
 from pipelines.tools.agent_tools import AgentTools
 
 __all__ = ["MAX_TOOL_ROUNDS", "WRITTEN_NOTE", "Turn", "context_for", "write_reply"]
@@ -101,18 +101,7 @@ async def write_reply(
         calls = _tool_calls(message)
         if not calls:
             break
-        asked = {
-            "role": "assistant",
-            "content": text or None,
-            "tool_calls": [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                }
-                for c in calls
-            ],
-        }
+        asked = tool_calls_message(text, calls)
         answers = []
         follow_up = False
         for call in calls:

@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "TextDelta",
     "ToolCall",
     "render_template",
+    "tool_calls_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -527,6 +528,22 @@ def _speakable(text: str) -> str:
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")
+
+
+def tool_calls_message(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
+    """The assistant message that asked for `calls`, for the next request."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in calls
+        ],
+    }
 
 
 def render_template(text: str, fields: Mapping[str, str]) -> str:

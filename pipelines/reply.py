@@ -57,7 +57,13 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.audio import PHONE_RATE, Int16Array
 from pipelines.errors import PipelineError
-from pipelines.llm import ChatClient, SentenceSplitter, TextDelta, ToolCall
+from pipelines.llm import (
+    ChatClient,
+    SentenceSplitter,
+    TextDelta,
+    ToolCall,
+    tool_calls_message,
+)
 from pipelines.models import Models
 from pipelines.tools.agent_tools import AgentTools, ToolResult
 
@@ -192,18 +198,7 @@ class ChatLLM(FrameProcessor):
             text, calls = await self._stream_once(messages, tools, reply)
             if not calls:
                 return
-            asked = {
-                "role": "assistant",
-                "content": text or None,
-                "tool_calls": [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments},
-                    }
-                    for c in calls
-                ],
-            }
+            asked = tool_calls_message(text, calls)
             answers: list[dict[str, Any]] = []
             follow_up = False
             for call in calls:

@@ -168,6 +168,35 @@ async def dialing(
             await account.close()
 
 
+@dataclass
+class Receiver:
+    """A campaign's results endpoint: its URL, and every (headers, body) it got."""
+
+    url: str
+    received: list[tuple[dict[str, str], bytes]]
+
+
+@pytest.fixture
+async def results_hook() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback that records what it is sent."""
+    receiver = Receiver("", [])
+
+    async def hook(request: web.Request) -> web.Response:
+        receiver.received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        receiver.url = "http://{}:{}/hook".format(*runner.addresses[0][:2])
+        yield receiver
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """One private redis-server (append-only, noeviction) for the test run."""

@@ -9,6 +9,8 @@ What runs, every part started here and stopped on the way out (Ctrl-C too):
 - the local carrier stand-in: Twilio's REST API, status callbacks and media
   streams; its callees speak with the Piper voice, as a phone line carries it;
 - the Google Calendar stand-in, where booked visits land;
+- the WhatsApp Cloud API stand-in, for the same campaign run over WhatsApp
+  beside the voice one (`voice.demo_whatsapp`);
 - the scripted LLM stand-in: the agent's answers come from a script
   (`voice.demo_scenarios`), unless `VOXDIAL_LLM_BASE_URL` (with
   `VOXDIAL_LLM_API_KEY`, `VOXDIAL_LLM_MODEL`) names a real OpenAI-compatible
@@ -62,6 +64,8 @@ from campaign_store.store import Store
 from dialer.window import Jurisdictions, Window, parse_jurisdictions, window_for
 from pipelines.models import Models
 from voice import demo_scenarios as scenes
+from voice.demo_whatsapp import ChatResult, WhatsAppDemo, plan_chat_leads
+from voice.demo_whatsapp import render as render_whatsapp
 from voice.settings import Settings
 
 __all__ = ["DemoError", "DemoOptions", "DemoResult", "LeadResult", "main", "run_demo"]
@@ -127,6 +131,8 @@ class DemoResult:
     calendar_events: list[dict[str, Any]] = field(default_factory=list)
     do_not_call: list[str] = field(default_factory=list)
     ended: str = ""  # "done", "time limit" or "stopped"
+    whatsapp: list[ChatResult] = field(default_factory=list)
+    whatsapp_violations: int = 0
 
 
 # The admin API, as an operator's client uses it.
@@ -192,9 +198,16 @@ def _csv(plan: Sequence[scenes.PlannedLead]) -> str:
     return out.getvalue()
 
 
+@dataclass(frozen=True)
+class _Created:
+    campaign_id: str
+    agent_id: str
+    parts: dict[str, Any]  # fields, schedule, follow-ups, calendar: as sent
+
+
 async def _create_campaign(
     api: _Api, plan: Sequence[scenes.PlannedLead], options: DemoOptions, token_url: str
-) -> str:
+) -> _Created:
     """Agent, campaign, every part of it, the lead list; then review and launch."""
     agent = await api.call(
         "POST",
@@ -251,23 +264,21 @@ async def _create_campaign(
         },
     )
     path = f"/campaigns/{campaign['id']}"
-    await api.call("PUT", path + "/channel", {"kind": "phone", "caller_id": CALLER_ID})
-    await api.call(
-        "PUT", path + "/schedule", _schedule(options).model_dump(mode="json")
-    )
-    await api.call(
-        "PUT", path + "/follow-ups", {"follow_ups": _follow_ups(options.fast)}
-    )
     credentials = {**OAUTH, "refresh_token": REFRESH_TOKEN, "token_uri": token_url}
-    await api.call(
-        "PUT",
-        path + "/calendar",
-        {
+    parts = {
+        "fields": fields,
+        "schedule": _schedule(options).model_dump(mode="json"),
+        "follow_ups": _follow_ups(options.fast),
+        "calendar": {
             "calendar_id": CALENDAR_ID,
             "credentials": json.dumps(credentials),
             "meeting_title": "Check-up",
         },
-    )
+    }
+    await api.call("PUT", path + "/channel", {"kind": "phone", "caller_id": CALLER_ID})
+    await api.call("PUT", path + "/schedule", parts["schedule"])
+    await api.call("PUT", path + "/follow-ups", {"follow_ups": parts["follow_ups"]})
+    await api.call("PUT", path + "/calendar", parts["calendar"])
     report = await api.call("POST", path + "/leads/import", csv_text=_csv(plan))
     log.info("imported %d leads, %d rejected", report["accepted"], report["rejected"])
     if report["rejected"]:
@@ -277,7 +288,7 @@ async def _create_campaign(
         raise DemoError(f"the campaign is not ready: {review['problems']}")
     await api.call("POST", path + "/launch")
     log.info("campaign %s launched through the admin API", campaign["id"])
-    return str(campaign["id"])
+    return _Created(str(campaign["id"]), str(agent["id"]), parts)
 
 
 # What the callees do.
@@ -556,6 +567,8 @@ def render_summary(result: DemoResult) -> str:
             _excerpt(call), 100, initial_indent="    said: ", subsequent_indent=" " * 10
         )
         lines.append(f"    recording: {call.recording_path or '-'}")
+    if result.whatsapp:
+        lines.append(render_whatsapp(result.whatsapp, result.whatsapp_violations))
     lines.append("")
     events = len(result.calendar_events)
     lines.append(
@@ -696,20 +709,35 @@ async def run_demo(
         await carrier.start()
         stack.push_async_callback(carrier.stop)
         settings = replace(settings, twilio_api_base=carrier.base_url)
+        chat = WhatsAppDemo(plan_chat_leads(plan, time.time()), fast=options.fast)
+        await chat.start()
+        stack.push_async_callback(chat.stop)
+        settings = chat.server_settings(settings)
 
         # The media server and the admin API, then the campaign through it.
         server_url, services = await stack.enter_async_context(
             _media_server(settings, store, models)
         )
         log.info("media server and admin API on %s", server_url)
+        await chat.subscribe(server_url)
         _, key = await store.create_api_key(TENANT, "demo")
         session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"})
         stack.push_async_callback(session.close)
         api = _Api(session, f"{server_url}/api/v1")
-        campaign_id = await _create_campaign(api, plan, options, calendar.token_url)
+        created = await _create_campaign(api, plan, options, calendar.token_url)
+        campaign_id = created.campaign_id
+        chat_id = await chat.create_campaign(
+            api,
+            created.agent_id,
+            created.parts,
+            _csv([c.planned for c in chat.leads]),
+        )
 
-        # The dialers, and the calls they place.
-        env = _dialer_env(settings, carrier.base_url, server_url)
+        # The dialers, and the calls and messages they send.
+        env = {
+            **_dialer_env(settings, carrier.base_url, server_url),
+            **chat.dialer_env(),
+        }
         dialers = contextlib.AsyncExitStack()
         await stack.enter_async_context(dialers)
         processes = await _start_dialers(
@@ -723,6 +751,14 @@ async def run_demo(
         ended = await _watch(
             api, campaign_id, by_phone, windows, services, options, stop
         )
+        if ended != "stopped" and not await chat.wait(
+            api,
+            chat_id,
+            horizon_s=options.retry_horizon_s,
+            limit_s=max(options.time_limit_s / 2, 30.0),
+            stop=stop,
+        ):
+            ended = "stopped" if stop.is_set() else "time limit"
         if ended == "stopped":
             log.warning("stopped before the end: no summary")
             await _halt(carrier, processes)
@@ -743,6 +779,8 @@ async def run_demo(
         if ended != "stopped":
             result.leads = await _results(api, campaign_id, by_phone, windows)
             result.do_not_call = (await api.call("GET", "/dnc"))["items"]
+            result.whatsapp = await chat.results(api, chat_id)
+            result.whatsapp_violations = len(chat.standin.violations())
             print(render_summary(result), file=out or sys.stdout, flush=True)
         if options.keep and ended != "stopped":
             print(

@@ -38,6 +38,7 @@ __all__ = [
     "ClinicScript",
     "DemoScenario",
     "PlannedLead",
+    "appointment_slot",
     "plan_leads",
 ]
 
@@ -344,7 +345,7 @@ def _zones_by_state(
     return opened, closed
 
 
-def _appointment(zone: str, now: float, index: int, taken: list[float]) -> datetime:
+def appointment_slot(zone: str, now: float, index: int, taken: list[float]) -> datetime:
     """A half-hour visit tomorrow morning, local, clashing with no other."""
     local = datetime.fromtimestamp(now, ZoneInfo(zone)) + timedelta(days=1)
     start = local.replace(hour=9, minute=0, second=0, microsecond=0)
@@ -375,7 +376,7 @@ def plan_leads(
             closed_turn += 1
         first = FIRST_NAMES[i % len(FIRST_NAMES)]
         last = LAST_NAMES[(i + i // len(LAST_NAMES)) % len(LAST_NAMES)]
-        at = _appointment(place.zone, now, i, taken)
+        at = appointment_slot(place.zone, now, i, taken)
         hour = at.strftime("%I:%M %p").lstrip("0")
         leads.append(
             PlannedLead(

@@ -96,6 +96,7 @@ OPTED_OUT_TEXT = (
 FALLBACK_TEXT = "Sorry, I cannot answer right now. Someone will get back to you."
 _STATUS_RANK = {"unknown": -1, "accepted": 0, "sent": 1, "delivered": 2, "read": 3}
 UNCONFIRMED = "unconfirmed:"  # the id of an answer whose send went unanswered
+LATE = "after the conversation closed: not answered"
 _OUTCOMES = {r.value: r for r in Result}
 
 
@@ -144,16 +145,26 @@ def _when(raw: Any) -> float:
         return time.time()
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: a body's shape is
+    not trusted, even signed."""
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _message_text(message: dict[str, Any]) -> str:
     """The words of a message; other kinds are named, for the transcript."""
     kind = str(message.get("type") or "")
     if kind == "text":
-        return str((message.get("text") or {}).get("body") or "")
+        return str(_obj(message.get("text")).get("body") or "")
     if kind == "button":
-        return str((message.get("button") or {}).get("text") or "")
+        return str(_obj(message.get("button")).get("text") or "")
     if kind == "interactive":
-        reply = message.get("interactive") or {}
-        chosen = reply.get("button_reply") or reply.get("list_reply") or {}
+        reply = _obj(message.get("interactive"))
+        chosen = _obj(reply.get("button_reply") or reply.get("list_reply"))
         return str(chosen.get("title") or "")
     return f"[{kind or 'unknown'} message]"
 
@@ -175,12 +186,12 @@ def parse_webhook(payload: Any) -> list[IncomingMessage | StatusUpdate]:
         raise ValueError("not a WhatsApp webhook: no entry list")
     items: list[IncomingMessage | StatusUpdate] = []
     for entry in payload["entry"]:
-        for change in (entry or {}).get("changes") or ():
-            if not isinstance(change, dict) or change.get("field") != "messages":
+        for change in _items(_obj(entry).get("changes")):
+            if _obj(change).get("field") != "messages":
                 continue
-            value = change.get("value") or {}
-            number_id = str((value.get("metadata") or {}).get("phone_number_id", ""))
-            for message in value.get("messages") or ():
+            value = _obj(change.get("value"))
+            number_id = str(_obj(value.get("metadata")).get("phone_number_id", ""))
+            for message in _items(value.get("messages")):
                 if not isinstance(message, dict) or not message.get("id"):
                     continue
                 items.append(
@@ -192,7 +203,7 @@ def parse_webhook(payload: Any) -> list[IncomingMessage | StatusUpdate]:
                         at=_when(message.get("timestamp")),
                     )
                 )
-            for status in value.get("statuses") or ():
+            for status in _items(value.get("statuses")):
                 if not isinstance(status, dict) or not status.get("id"):
                     continue
                 items.append(
@@ -271,10 +282,21 @@ class WhatsAppService:
         """Store what one webhook brought; replies follow in the background."""
         for item in items:
             if isinstance(item, IncomingMessage):
-                if await self.conversations.first_seen(f"m:{item.wamid}"):
+                seen = f"m:{item.wamid}"
+            else:
+                seen = f"s:{item.wamid}:{item.status}"
+            if not await self.conversations.first_seen(seen):
+                continue
+            try:
+                if isinstance(item, IncomingMessage):
                     await self._receive(item)
-            elif await self.conversations.first_seen(f"s:{item.wamid}:{item.status}"):
-                await self._on_status(item)
+                else:
+                    await self._on_status(item)
+            except BaseException:
+                # Not handled: Meta's retry of this webhook must not be
+                # taken for a duplicate.
+                await self.conversations.forget_seen(seen)
+                raise
 
     # A message from a lead.
 
@@ -293,15 +315,10 @@ class WhatsAppService:
             opting_out = asks_to_stop_messages(item.text)
 
             def received(record: CallRecordModel) -> CallRecordModel:
-                record.messages.append(
-                    MessageRecord(
-                        id=item.wamid,
-                        direction="in",
-                        text=item.text,
-                        at=item.at,
-                        status="received",
-                    )
-                )
+                closed = record.ended_at is not None
+                record.messages.append(_inbound(item, late=closed))
+                if closed:
+                    return record  # settled: its outcome stands
                 record.transcript.append(
                     TurnRecord(
                         speaker="lead",
@@ -325,12 +342,13 @@ class WhatsAppService:
             record = await self.conversations.update(ref, received)
             self.metrics.messages.inc(1.0, "in")
             clog.info("message from %s", mask(attempt.to))
-            if record.ended_at is not None:
-                return  # closed meanwhile: kept, not answered
             if opting_out:
+                # Before anything else, closed conversation or not.
                 campaign = await self.store.campaign_by_id(ref.campaign_id)
                 await self.store.dnc_add(campaign.tenant, [attempt.to])
                 clog.info("%s opted out: on the do-not-call list", mask(attempt.to))
+            if record.ended_at is not None:
+                return  # closed while this waited: kept, not answered
             claim = Claim(ref.campaign_id, attempt.lead_id, attempt.token)
             lapses = record.service_window_until or window_until
             await self.claims_renew(claim, lapses + LEASE_GRACE_S)
@@ -360,16 +378,7 @@ class WhatsAppService:
         ref = ConversationRef(lead.campaign_id, lead.calls[-1])
 
         def kept(record: CallRecordModel) -> CallRecordModel:
-            record.messages.append(
-                MessageRecord(
-                    id=item.wamid,
-                    direction="in",
-                    text=item.text,
-                    at=item.at,
-                    status="received",
-                    error="after the conversation closed: not answered",
-                )
-            )
+            record.messages.append(_inbound(item, late=True))
             return record
 
         with contextlib.suppress(NotFound):
@@ -541,15 +550,18 @@ class WhatsAppService:
         def updated(record: CallRecordModel) -> CallRecordModel:
             nonlocal opening
             message = next((m for m in record.messages if m.id == item.wamid), None)
-            if message is None:
+            has_template = any(m.kind == "template" for m in record.messages)
+            if message is None and has_template:
+                # The template is known: an unknown id is an answer whose send
+                # went unconfirmed (the oldest first), or nothing of ours.
                 message = next(
                     (m for m in record.messages if m.id.startswith(UNCONFIRMED)), None
                 )
-                if message is not None:
-                    message.id = item.wamid  # the oldest unconfirmed answer
+                if message is None:
+                    return record
+                message.id = item.wamid
             if message is None:
-                if any(m.kind == "template" for m in record.messages):
-                    return record  # not one of ours to place
+                # The template's own send went unconfirmed: this is it.
                 message = MessageRecord(
                     id=item.wamid,
                     direction="out",
@@ -684,6 +696,17 @@ class WhatsAppService:
             return current
 
         return await self.conversations.update(ref, extracted)
+
+
+def _inbound(item: IncomingMessage, *, late: bool) -> MessageRecord:
+    return MessageRecord(
+        id=item.wamid,
+        direction="in",
+        text=item.text,
+        at=item.at,
+        status="received",
+        error=LATE if late else "",
+    )
 
 
 def _turns(record: CallRecordModel) -> list[TurnRecord]:

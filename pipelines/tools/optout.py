@@ -44,7 +44,9 @@ _KEYWORDS = frozenset(
 
 def asks_to_stop_messages(text: str) -> bool:
     """Whether a written message asks for no more messages ("STOP", ...)."""
-    bare = " ".join(text.translate(_APOSTROPHES).lower().strip(" .!").split())
+    bare = " ".join(text.translate(_APOSTROPHES).lower().strip(" .!?").split())
+    for polite in ("please ", " please"):
+        bare = bare.replace(polite, "").strip(" ,.!?")
     return bare in _KEYWORDS or asks_to_opt_out(text)
 
 

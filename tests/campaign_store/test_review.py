@@ -92,3 +92,19 @@ def test_template_variables_and_duplicate_rules() -> None:
         for p in review(_campaign(channel=channel, follow_ups=rules), _agent(), leads=1)
     ]
     assert codes == ["unknown_template_variable", "duplicate_follow_up"]
+
+
+def test_a_template_body_must_number_every_variable() -> None:
+    """A body's {{n}} are exactly 1..len(variables); without a body, no check."""
+    template = WhatsAppTemplate(
+        name="hello", language="en_US", variables=["name"], body="Hi {{1}} {{2}}"
+    )
+    channel = WhatsAppChannel(
+        business_account_id="123456", phone_number_id="654321", template=template
+    )
+    codes = [p.code for p in review(_campaign(channel=channel), _agent(), leads=1)]
+    assert codes == ["template_body_mismatch"]
+    template = template.model_copy(update={"body": "Hi {{ 1 }}!"})
+    channel = channel.model_copy(update={"template": template})
+    assert review(_campaign(channel=channel), _agent(), leads=1) == []
+    assert template.render(["Ada"]) == "Hi Ada!"

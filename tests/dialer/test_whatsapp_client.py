@@ -268,3 +268,13 @@ async def test_refusal_quoting_the_number_is_masked() -> None:
     assert str(exc).count("…0111") == 3  # the masked form is kept, for the logs
     assert_masked(exc)
     assert len(seen) == 1
+
+
+async def test_rate_limit_is_tried_once_plus_its_retries() -> None:
+    """With retries=2 a lasting rate limit (130429) is tried three times."""
+    error = {"error": {"message": "(#130429) Rate limit hit", "code": 130429}}
+    async with answering(400, error) as (client, seen):
+        client.retries = 2
+        exc = await refused(client)
+    assert exc.kind == "rate_limited" and exc.placed is False
+    assert len(seen) == 3

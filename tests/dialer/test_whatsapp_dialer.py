@@ -36,6 +36,17 @@ SECRET = "app-secret-dialer"
 LEAD = "+12125550131"
 
 
+def _standin(contacts: dict[str, Contact] | None = None) -> WhatsAppStandin:
+    """The Cloud API with one approved template, "hello" (one variable)."""
+    return WhatsAppStandin(
+        access_token=TOKEN,
+        app_secret=SECRET,
+        phone_number_id=NUMBER_ID,
+        templates={("hello", "en_US"): 1},
+        contacts=contacts or {},
+    )
+
+
 def _settings(settings: Settings, api_base: str) -> Settings:
     return replace(
         settings,
@@ -92,12 +103,7 @@ async def test_an_unapproved_template_pauses_the_campaign_and_spares_the_lead(
     settings: Settings, store: Store
 ) -> None:
     """Every lead would fail alike: paused, the lead due again, its count kept."""
-    async with WhatsAppStandin(
-        access_token=TOKEN,
-        app_secret=SECRET,
-        phone_number_id=NUMBER_ID,
-        templates={("hello", "en_US"): 1},
-    ) as standin:
+    async with _standin() as standin:
         settings = _settings(settings, standin.base_url)
         campaign, lead = await _campaign(store, template="not_approved")
 
@@ -120,13 +126,8 @@ async def test_a_lost_answer_never_sends_a_second_template(
     instant_models: Models, settings: Settings, store: Store
 ) -> None:
     """The API took the template but its answer was lost: matched by its status."""
-    async with WhatsAppStandin(
-        access_token=TOKEN,
-        app_secret=SECRET,
-        phone_number_id=NUMBER_ID,
-        templates={("hello", "en_US"): 1},
-        contacts={LEAD: Contact(name="Eve", replies=("Who is this?",))},
-    ) as standin:
+    contacts = {LEAD: Contact(name="Eve", replies=("Who is this?",))}
+    async with _standin(contacts) as standin:
         # A front that passes every send on, then answers 502: the message
         # went out, the dialer cannot know it.
         async def lossy(request: web.Request) -> web.Response:
@@ -185,12 +186,7 @@ async def test_the_dialer_settles_a_conversation_the_media_server_never_closed(
     settings: Settings, store: Store
 ) -> None:
     """No media server: past the reply wait and the grace, a no answer."""
-    async with WhatsAppStandin(
-        access_token=TOKEN,
-        app_secret=SECRET,
-        phone_number_id=NUMBER_ID,
-        templates={("hello", "en_US"): 1},
-    ) as standin:
+    async with _standin() as standin:
         settings = _settings(settings, standin.base_url)
         campaign, lead = await _campaign(store, reply_wait_minutes=0.01)
 
@@ -211,12 +207,7 @@ async def test_a_paused_whatsapp_campaign_sends_no_template(
     settings: Settings, store: Store
 ) -> None:
     """Paused before the dialer runs: nothing goes out."""
-    async with WhatsAppStandin(
-        access_token=TOKEN,
-        app_secret=SECRET,
-        phone_number_id=NUMBER_ID,
-        templates={("hello", "en_US"): 1},
-    ) as standin:
+    async with _standin() as standin:
         settings = _settings(settings, standin.base_url)
         campaign, lead = await _campaign(store)
         await store.transition(T, campaign.id, "pause")

@@ -1,10 +1,12 @@
 """`voxdial demo` end to end, in this process: each scenario lands where it should.
 
 Eight leads, one per scenario, all in zones whose calling window is open now,
-run through the real demo: a private Redis, dialer processes, the carrier
-stand-in with callees that speak, the scripted LLM, the calendar stand-in and
-the admin API. The test reads the demo's own result (itself read back through
-the API) and then checks that nothing the demo started is still running.
+and five WhatsApp leads beside them, run through the real demo: a private
+Redis, dialer processes, the carrier stand-in with callees that speak, the
+WhatsApp stand-in with scripted leads, the scripted LLM, the calendar
+stand-in and the admin API. The test reads the demo's own result (itself read
+back through the API) and then checks that nothing the demo started is still
+running.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ async def test_each_scenario_ends_in_its_lead_status(
 
     booked = rows["booked"]
     assert booked.calls[0].booking is not None
-    [event] = result.calendar_events
-    assert event["attendees"][0]["email"] == booked.planned.email
+    # Two visits: the booked caller's, and the booked WhatsApp lead's.
+    emails = sorted(e["attendees"][0]["email"] for e in result.calendar_events)
+    assert booked.planned.email in emails and len(emails) == 2
     assert booked.lead.fields["attending"] is True
 
     callback = rows["callback"]
@@ -91,7 +94,7 @@ async def test_each_scenario_ends_in_its_lead_status(
 
     opted = rows["opt_out"]
     assert opted.calls[0].opted_out and opted.lead.next_attempt_at is None
-    assert result.do_not_call == [opted.lead.phone]
+    assert opted.lead.phone in result.do_not_call
 
     interrupted = rows["interrupts"].calls[0]
     assert interrupted.barge_ins >= 1
@@ -103,6 +106,23 @@ async def test_each_scenario_ends_in_its_lead_status(
         assert rows[name].calls == []
     assert rows["voicemail"].lead.last_outcome == "voicemail"
     assert _all_files([c.recording_path for r in rows.values() for c in r.calls])
+
+    # The WhatsApp campaign beside it: same agent, writing.
+    chats = {r.chat.scenario.name: r for r in result.whatsapp}
+    assert {n: r.lead.status.value for n, r in chats.items()} == {
+        "booked": "qualified",
+        "not_interested": "not_interested",
+        "stop": "do_not_call",
+        "no_reply": "no_answer",
+        "not_on_whatsapp": "failed",
+    }
+    assert chats["booked"].conversations[0].booking is not None
+    assert chats["stop"].lead.phone in result.do_not_call
+    assert len(result.do_not_call) == 2
+    opening = chats["booked"].conversations[0].messages[0]
+    assert opening.kind == "template" and opening.text.startswith("Hello ")
+    assert result.whatsapp_violations == 0
+    assert "WhatsApp campaign" in out.getvalue()
 
     await asyncio.sleep(0)
     assert _children() == children

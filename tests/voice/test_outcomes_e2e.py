@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from campaign_store.models import (
     AgentInput,
@@ -45,7 +44,7 @@ from campaign_store.models import (
 from campaign_store.store import Store, new_id
 from dialer.carrier_standin import CarrierStandin, Scenario
 from pipelines.tools.calendar_standin import CalendarStandin
-from tests.conftest import dialing, run_harness, until_true
+from tests.conftest import Receiver, dialing, run_harness, until_true
 from voice.settings import Settings
 from voice.webhooks import verify
 
@@ -116,7 +115,7 @@ LINES = {
 
 @pytest.mark.models
 async def test_each_call_leaves_its_lead_in_the_right_state(
-    models: Any, settings: Settings, store: Store
+    models: Any, settings: Settings, store: Store, results_hook: Receiver
 ) -> None:
     """Booked, callback, opted out, not interested: statuses and next attempts."""
     speech = {to: models.tts.synthesize_sync(text, 8000) for to, text in LINES.items()}
@@ -138,18 +137,7 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
         media=True,
     )
     await carrier.start()
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=204)
-
-    receiver_app = web.Application()
-    receiver_app.router.add_post("/hook", hook)
-    receiver = web.AppRunner(receiver_app)
-    await receiver.setup()
-    await web.TCPSite(receiver, "127.0.0.1", 0).start()
-    hook_url = "http://{}:{}/hook".format(*receiver.addresses[0][:2])
+    hook_url, received = results_hook.url, results_hook.received
     try:
         async with run_harness(
             models, settings, SCRIPT, store=store, rest_base=carrier.base_url
@@ -284,6 +272,5 @@ async def test_each_call_leaves_its_lead_in_the_right_state(
             ["qualified", "callback", "do_not_call", "not_interested"]
         )
     finally:
-        await receiver.cleanup()
         await carrier.stop()
         await calendar.stop()

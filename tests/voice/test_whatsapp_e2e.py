@@ -35,6 +35,7 @@ from campaign_store.models import (
     LeadStatus,
     Pacing,
     Schedule,
+    WebhookBinding,
     WhatsAppChannel,
     WhatsAppTemplate,
 )
@@ -42,10 +43,12 @@ from campaign_store.store import Store, new_id
 from dialer.whatsapp_standin import Contact, WhatsAppStandin
 from pipelines.models import Models
 from pipelines.tools.calendar_standin import CalendarStandin
-from tests.conftest import dialing, run_harness, until_true
+from tests.conftest import Receiver, dialing, run_harness, until_true
 from voice.settings import Settings
+from voice.webhooks import verify
 
 T = "acme"
+SECRET = "whsec_whatsapp_results_secret"
 NY = "America/New_York"
 MEETING = "2030-01-16T11:00"
 NUMBER_ID = "106540352242922"
@@ -90,7 +93,7 @@ def instant_models() -> Models:
 
 
 async def test_a_whatsapp_campaign_runs_end_to_end(
-    instant_models: Models, settings: Settings, store: Store
+    instant_models: Models, settings: Settings, store: Store, results_hook: Receiver
 ) -> None:
     """Booked, opted out, followed up by template, failed: all through the API."""
     calendar = CalendarStandin()
@@ -113,6 +116,7 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
         duplicate_webhooks=True,
     )
     await standin.start()
+    results_url, received = results_hook.url, results_hook.received
     settings = replace(
         settings,
         google_calendar_api_base=calendar.base_url,
@@ -183,7 +187,8 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
                     update={
                         "calendar": CalendarBinding(
                             calendar_id="clinic@example.com", credentials=credentials
-                        )
+                        ),
+                        "webhook": WebhookBinding(url=results_url, secret=SECRET),
                     }
                 ),
             )
@@ -214,6 +219,11 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
             assert server.services.whatsapp is not None
             await server.services.whatsapp.idle()
             await standin.wait_idle()
+
+            async def delivered() -> bool:
+                return len(received) >= 5
+
+            await until_true(delivered, 10, "a result per conversation")
 
             _, key = await store.create_api_key(T)
             headers = {"Authorization": f"Bearer {key}"}
@@ -271,6 +281,17 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
     assert di["messages"][0]["status"] == "failed"
     assert di["messages"][0]["error"].startswith("131026")
     assert di["outcome"] == "failed"
+
+    # Each conversation's result reached the campaign's webhook, signed.
+    events = []
+    for headers, body in received:
+        stamp = int(headers["Voxdial-Signature"].split(",")[0][2:])
+        assert verify(SECRET, headers["Voxdial-Signature"], body, now=stamp)
+        events.append(json.loads(body))
+    assert {e["event"] for e in events} == {"conversation.completed"}
+    assert sorted(e["call"]["outcome"] for e in events) == [
+        "do_not_call", "failed", "no_answer", "no_answer", "qualified"
+    ]  # fmt: skip
 
     # No free text ever went out of a service window; each reply answered once.
     assert standin.violations() == []
