@@ -78,14 +78,20 @@ class Conversations:
         phone_number_id: str,
         wa_id: str,
         lapses_at: float,
+        *,
+        inbound: bool = False,
     ) -> ConversationRef:
-        """Store a new conversation, link it from its lead, index it."""
+        """Store a new conversation, link it from its lead, index it.
+
+        `inbound`: the lead wrote first (no template, no attempt).
+        """
         ref = ConversationRef(record.campaign_id, record.id)
         ck = CampaignKeys(record.campaign_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(ck.call(record.id), codec.encode("call", record))
             pipe.rpush(ck.lead_calls(record.lead_id), record.id)
-            pipe.hincrby(ck.stats, "conversations", 1)
+            stat = "inbound_conversations" if inbound else "conversations"
+            pipe.hincrby(ck.stats, stat, 1)
             await pipe.execute()
         await self.redis.set(_open_key(phone_number_id, wa_id), str(ref))
         await self.redis.zadd(DEADLINES, {str(ref): int(lapses_at * 1000)})
@@ -100,6 +106,23 @@ class Conversations:
             ck.lead(record.lead_id), "lead", Lead, record.lead_id, link
         )
         return ref
+
+    async def keep_fields(self, record: CallRecordModel) -> None:
+        """A closed conversation's extracted values, onto its lead.
+
+        For conversations without an attempt: an attempt's settlement writes
+        them itself, under the lead's lease.
+        """
+        key = CampaignKeys(record.campaign_id).lead(record.lead_id)
+
+        def merged(lead: Lead) -> Lead:
+            for name, value in record.extracted.items():
+                if value is not None and value != "":
+                    lead.fields[name] = value
+            lead.updated_at = now()
+            return lead
+
+        await self.store._update(key, "lead", Lead, record.lead_id, merged)
 
     async def get(self, ref: ConversationRef) -> CallRecordModel | None:
         blob = await self.redis.get(CampaignKeys(ref.campaign_id).call(ref.attempt_id))

@@ -271,6 +271,9 @@ class Overview:
     answered: int
     answer_rate: float | None
     average_call_s: float | None
+    conversations: int = 0  # WhatsApp: templates accepted
+    replied: int = 0  # WhatsApp: conversations the lead answered
+    reply_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -283,6 +286,8 @@ async def overview(store: Store, tenant: str, campaign_id: str) -> Overview:
     calls = int(stats.get("calls", 0))
     answered = int(stats.get("answered", 0))
     talk = stats.get("talk_seconds", 0.0)
+    conversations = int(stats.get("conversations", 0))
+    replied = int(stats.get("replied", 0))
     return Overview(
         campaign_id=campaign.id,
         name=campaign.name,
@@ -295,4 +300,7 @@ async def overview(store: Store, tenant: str, campaign_id: str) -> Overview:
         answered=answered,
         answer_rate=answered / calls if calls else None,
         average_call_s=talk / answered if answered else None,
+        conversations=conversations,
+        replied=replied,
+        reply_rate=replied / conversations if conversations else None,
     )

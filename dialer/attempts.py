@@ -11,6 +11,11 @@ Whichever arrives second settles it: the lead's next state comes from
 `dialer.lifecycle.settle`, and the lease is released under the attempt's
 fencing token, so that a settlement racing another (a duplicate callback, a
 reaper) changes nothing the second time.
+
+A call or conversation no attempt placed (the lead called back, or wrote
+first on WhatsApp) moves its lead only when it decided something (booked,
+not interested, do not call, a callback time) and only while no dialer holds
+the lead: a lead under an attempt is that attempt's to settle.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+from redis.exceptions import WatchError
 
 from campaign_store import codec
 from campaign_store.errors import NotFound
@@ -41,6 +48,16 @@ _CARRIER_RESULT = {
     CallStatus.CANCELED: Result.CANCELED,
 }
 _OUTCOMES = {r.value: r for r in Result}
+# What a call or conversation without an attempt may decide for its lead.
+_DECIDED = frozenset(
+    {
+        Result.QUALIFIED,
+        Result.NOT_INTERESTED,
+        Result.WRONG_PERSON,
+        Result.DO_NOT_CALL,
+        Result.CALLBACK,
+    }
+)
 
 
 def mask(number: str) -> str:
@@ -137,7 +154,14 @@ class Attempts:
     ) -> bool:
         """Settle the attempt if everything it needs is known (or `force`)."""
         attempt = await self.get(campaign_id, attempt_id)
-        if attempt is None or attempt.settled_at is not None:
+        if attempt is None:
+            blob = await self.redis.get(CampaignKeys(campaign_id).call(attempt_id))
+            if blob is not None:
+                # No attempt placed it: an inbound call.
+                inbound = codec.decode("call", blob, CallRecordModel)
+                return await self.settle_unattempted(inbound)
+            return False
+        if attempt.settled_at is not None:
             return False
         if not attempt.carrier_status or not is_final(
             CallStatus(attempt.carrier_status)
@@ -240,6 +264,73 @@ class Attempts:
                 "" if lead.next_attempt_at is None else " (tried again later)",
             )
         return released
+
+    async def settle_unattempted(self, record: CallRecordModel) -> bool:
+        """Move the lead after a call or conversation no attempt placed.
+
+        Only a decision moves it (see the module docstring), and only while
+        no lease is held on it; True if the lead was moved.
+        """
+        result = _OUTCOMES.get(record.outcome)
+        if result not in _DECIDED or not record.lead_id:
+            return False
+        ck = CampaignKeys(record.campaign_id)
+        campaign = await self.store.campaign_by_id(record.campaign_id)
+        key = ck.lead(record.lead_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, ck.lease_info)
+                    if await pipe.hexists(ck.lease_info, record.lead_id):
+                        return False  # an attempt is under way: its result counts
+                    blob = await pipe.get(key)
+                    if blob is None:
+                        return False
+                    lead = codec.decode("lead", blob, Lead)
+                    if lead.status in FINAL:
+                        return False
+                    window = window_for(
+                        campaign.schedule, lead.timezone, lead.phone, self.jurisdictions
+                    )
+                    settled = settle(
+                        result,
+                        attempts=lead.attempts,
+                        rules=campaign.follow_ups,
+                        window=window,
+                        now=self.clock(),
+                        callback_at=record.callback_at,
+                    )
+                    previous = lead.status
+                    lead.status = settled.status
+                    lead.last_outcome = result.value
+                    lead.next_attempt_at = (
+                        None if settled.final else settled.next_attempt_at
+                    )
+                    lead.updated_at = self.clock()
+                    pipe.multi()
+                    pipe.set(key, codec.encode("lead", lead))
+                    if previous != lead.status:
+                        pipe.zrem(ck.status(previous.value), lead.id)
+                        pipe.zadd(ck.status(lead.status.value), {lead.id: lead.seq})
+                    if lead.next_attempt_at is None:
+                        pipe.zrem(ck.due, lead.id)
+                    else:
+                        due = int(lead.next_attempt_at * 1000)
+                        pipe.zadd(ck.due, {lead.id: due})
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue
+        if result is Result.DO_NOT_CALL:
+            await self.store.dnc_add(campaign.tenant, [lead.phone])
+        log.info(
+            "lead %s: %s after a %s it started -> %s",
+            lead.id,
+            result.value,
+            "conversation" if record.channel == "whatsapp" else "call",
+            lead.status.value,
+        )
+        return True
 
     async def mark_status(self, claim: Claim, lead: Lead, status: LeadStatus) -> bool:
         """Show a lead as dialing or in a call, while its lease is still held."""

@@ -198,7 +198,7 @@ class Dialer:
         ck = CampaignKeys(campaign_id)
         pacing = campaign.schedule.pacing
         concurrent = UNLIMITED if whatsapp else pacing.max_concurrent
-        free = concurrent - await self.redis.zcard(ck.leases)
+        free = min(concurrent - await self.redis.zcard(ck.leases), self.config.batch)
         if free <= 0:
             return
         now = self.clock()

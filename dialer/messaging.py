@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from campaign_store.conversations import ConversationRef, Conversations
+from campaign_store.keys import CampaignKeys
 from campaign_store.models import (
     Attempt,
     CallRecordModel,
@@ -52,6 +53,7 @@ __all__ = ["OpeningSender", "lapse_result", "template_values"]
 log = logging.getLogger(__name__)
 
 _CAMPAIGN_WIDE = frozenset({"template", "unauthorized"})
+_LEAD_FAULT = frozenset({"bad_number", "rejected"})
 _OUTCOMES = {r.value: r for r in Result}
 
 
@@ -135,6 +137,17 @@ class OpeningSender:
             await self._refused(attempt, error, Result.FAILED)
             return "missing_variable"
 
+        # A lead who wrote in on their own is answered there: no template
+        # into a conversation, and this attempt waits for it to end.
+        busy = await self._open_elsewhere(channel.phone_number_id, lead.phone)
+        if busy is not None:
+            await self._refused(
+                attempt, "the lead is in a conversation", Result.CANCELED
+            )
+            due = CampaignKeys(campaign.id).due
+            await self.redis.zadd(due, {lead.id: self._ms(busy)}, xx=True)
+            return "in_conversation"
+
         # The conversation exists before the request: a fast reply finds it.
         now = self.clock()
         reply_by = now + channel.reply_wait_minutes * 60.0
@@ -191,6 +204,14 @@ class OpeningSender:
         await self.attempts.mark_status(claim, lead, LeadStatus.MESSAGED)
         return "sent"
 
+    async def _open_elsewhere(self, phone_number_id: str, phone: str) -> float | None:
+        """When the lead's open conversation lapses, if it has one."""
+        ref = await self.conversations.find_open(phone_number_id, phone)
+        record = None if ref is None else await self.conversations.get(ref)
+        if record is None or record.ended_at is not None:
+            return None  # none, or an index a crash left behind
+        return max(record.service_window_until or 0.0, record.reply_by or 0.0)
+
     async def _opening_text(
         self, campaign: Campaign, lead: Lead, values: list[str]
     ) -> str:
@@ -244,7 +265,8 @@ class OpeningSender:
         def closed(current: CallRecordModel) -> CallRecordModel:
             current.ended_at = self.clock()
             current.end_reason = f"template_{exc.kind}"
-            current.outcome = "failed"
+            # Only a refusal of this lead's own number is a failed attempt.
+            current.outcome = "failed" if exc.kind in _LEAD_FAULT else ""
             current.errors.append(str(exc)[:300])
             return current
 

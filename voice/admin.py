@@ -156,6 +156,9 @@ class OverviewView(BaseModel):
     answered: int
     answer_rate: float | None
     average_call_s: float | None
+    conversations: int
+    replied: int
+    reply_rate: float | None
 
 
 class ChangedView(BaseModel):

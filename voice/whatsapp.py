@@ -48,6 +48,7 @@ from redis.exceptions import RedisError
 
 from campaign_store.conversations import ConversationRef, Conversations
 from campaign_store.errors import NotFound, StoreError
+from campaign_store.keys import CampaignKeys
 from campaign_store.models import (
     CallRecordModel,
     Campaign,
@@ -57,6 +58,7 @@ from campaign_store.models import (
     TurnRecord,
     WhatsAppChannel,
 )
+from campaign_store.store import new_id
 from dialer.attempts import Attempts, mask
 from dialer.claims import Claim
 from dialer.lifecycle import Result
@@ -300,21 +302,23 @@ class WhatsAppService:
 
     # A message from a lead.
 
-    async def _receive(self, item: IncomingMessage) -> None:
+    async def _receive(self, item: IncomingMessage, *, stray: bool = True) -> None:
         ref = await self.conversations.find_open(item.phone_number_id, item.wa_id)
         if ref is None:
-            await self._stray(item)
+            if stray:
+                await self._stray(item)
             return
         clog = ConversationLog(log, {"conversation": ref.attempt_id})
+        number = "+" + item.wa_id
         async with self._lock(ref):
+            # None for a conversation the lead opened (see `_stray`).
             attempt = await self.attempts.get(ref.campaign_id, ref.attempt_id)
-            if attempt is None:
-                clog.warning("message for a conversation without its attempt")
-                return
             window_until = item.at + self.settings.whatsapp_service_window_s
             opting_out = asks_to_stop_messages(item.text)
+            first_reply = False
 
             def received(record: CallRecordModel) -> CallRecordModel:
+                nonlocal first_reply
                 closed = record.ended_at is not None
                 record.messages.append(_inbound(item, late=closed))
                 if closed:
@@ -328,7 +332,8 @@ class WhatsAppService:
                         source="whatsapp",
                     )
                 )
-                if record.answered_at is None:
+                first_reply = record.answered_at is None
+                if first_reply:
                     record.answered_at = item.at
                 record.service_window_until = max(
                     record.service_window_until or 0.0, window_until
@@ -341,21 +346,27 @@ class WhatsAppService:
 
             record = await self.conversations.update(ref, received)
             self.metrics.messages.inc(1.0, "in")
-            clog.info("message from %s", mask(attempt.to))
+            clog.info("message from %s", mask(number))
+            if first_reply:
+                stats = CampaignKeys(ref.campaign_id).stats
+                await self.store.redis.hincrby(stats, "replied", 1)
             if opting_out:
                 # Before anything else, closed conversation or not.
                 campaign = await self.store.campaign_by_id(ref.campaign_id)
-                await self.store.dnc_add(campaign.tenant, [attempt.to])
-                clog.info("%s opted out: on the do-not-call list", mask(attempt.to))
+                await self.store.dnc_add(campaign.tenant, [number])
+                clog.info("%s opted out: on the do-not-call list", mask(number))
             if record.ended_at is not None:
                 return  # closed while this waited: kept, not answered
-            claim = Claim(ref.campaign_id, attempt.lead_id, attempt.token)
             lapses = record.service_window_until or window_until
-            await self.claims_renew(claim, lapses + LEASE_GRACE_S)
             await self.conversations.set_deadline(ref, lapses)
-            lead = await self.store.lead_by_id(ref.campaign_id, attempt.lead_id)
-            if lead.status is LeadStatus.MESSAGED:
-                await self.attempts.mark_status(claim, lead, LeadStatus.IN_CONVERSATION)
+            if attempt is not None:
+                claim = Claim(ref.campaign_id, attempt.lead_id, attempt.token)
+                await self.claims_renew(claim, lapses + LEASE_GRACE_S)
+                lead = await self.store.lead_by_id(ref.campaign_id, attempt.lead_id)
+                if lead.status is LeadStatus.MESSAGED:
+                    await self.attempts.mark_status(
+                        claim, lead, LeadStatus.IN_CONVERSATION
+                    )
         self._spawn(self._answer(ref))
 
     async def claims_renew(self, claim: Claim, until: float) -> None:
@@ -363,17 +374,50 @@ class WhatsAppService:
             log.warning("conversation %s: its lease is gone", claim.lead_id)
 
     async def _stray(self, item: IncomingMessage) -> None:
-        """A message outside any open conversation: kept, opt-out honoured."""
+        """A message outside any open conversation: a late reply, most often.
+
+        From a lead of the campaign on that business number, it opens a
+        conversation of the lead's own (no attempt: the lead's status and
+        follow-ups stay the dialer's, as after an inbound call), which the
+        agent answers inside the service window the message opened. From a
+        number on the do-not-call list, or one asking to be, it is only kept;
+        from a number no lead has, it is only logged.
+        """
         number = "+" + item.wa_id
         campaign = await self.store.campaign_for_number(f"wa:{item.phone_number_id}")
-        lead = None
-        if campaign is not None:
-            lead = await self.store.lead_for_number(campaign.id, number)
-        if campaign is not None and asks_to_stop_messages(item.text):
+        if campaign is None:
+            log.info("message to a business number no campaign uses")
+            return
+        lead = await self.store.lead_for_number(campaign.id, number)
+        opting_out = asks_to_stop_messages(item.text)
+        if opting_out:
             await self.store.dnc_add(campaign.tenant, [number])
-            log.info("%s opted out after the conversation", mask(number))
-        if lead is None or not lead.calls:
-            log.info("message from %s outside any conversation", mask(number))
+            log.info("%s opted out outside a conversation", mask(number))
+        if lead is None:
+            log.info("message from %s, who is no lead: not answered", mask(number))
+            return
+        if opting_out or (await self.store.dnc_contains(campaign.tenant, [number]))[0]:
+            await self._keep_late(lead, item)
+            return
+        record = CallRecordModel(
+            id=new_id("conv"),
+            campaign_id=campaign.id,
+            lead_id=lead.id,
+            channel="whatsapp",
+            created_at=item.at,
+        )
+        await self.conversations.open(
+            record,
+            item.phone_number_id,
+            number,
+            item.at + self.settings.whatsapp_service_window_s,
+            inbound=True,
+        )
+        log.info("%s wrote outside a conversation: %s opened", mask(number), record.id)
+        await self._receive(item, stray=False)
+
+    async def _keep_late(self, lead: Lead, item: IncomingMessage) -> None:
+        if not lead.calls:
             return
         ref = ConversationRef(lead.campaign_id, lead.calls[-1])
 
@@ -383,7 +427,6 @@ class WhatsAppService:
 
         with contextlib.suppress(NotFound):
             await self.conversations.update(ref, kept)
-        log.info("late message from %s kept on %s", mask(number), ref)
 
     # The agent's answer.
 
@@ -622,9 +665,10 @@ class WhatsAppService:
     ) -> None:
         """End the conversation once, extract its fields, settle its attempt."""
         clog = clog or ConversationLog(log, {"conversation": ref.attempt_id})
+        # None: a conversation the lead opened; nothing for the dialer to settle.
         attempt = await self.attempts.get(ref.campaign_id, ref.attempt_id)
-        if attempt is None:
-            return
+        if attempt is None and result is Result.NO_ANSWER:
+            result = Result.COMPLETED  # the lead wrote first
         first = False
 
         def ended(record: CallRecordModel) -> CallRecordModel:
@@ -646,19 +690,25 @@ class WhatsAppService:
         if not first:
             return
         campaign = await self.store.campaign_by_id(ref.campaign_id)
+        lead = await self.store.lead_by_id(ref.campaign_id, record.lead_id)
         if isinstance(campaign.channel, WhatsAppChannel):
             await self.conversations.forget_open(
-                campaign.channel.phone_number_id, attempt.to, ref
+                campaign.channel.phone_number_id, lead.phone, ref
             )
         record = await self._extract(ref, campaign, record)
         outcome = _OUTCOMES.get(record.outcome, Result.COMPLETED)
         try:
-            await self.attempts.settle(
-                attempt, outcome, callback_at=record.callback_at, record=record
-            )
+            if attempt is not None:
+                await self.attempts.settle(
+                    attempt, outcome, callback_at=record.callback_at, record=record
+                )
+            else:
+                await self.conversations.keep_fields(record)
+                await self.attempts.settle_unattempted(record)
         except (StoreError, NotFound) as exc:
             clog.warning("conversation closed, attempt not settled here: %s", exc)
         self.metrics.conversations_total.inc(1.0, reason)
+        self._locks.pop(str(ref), None)  # a waiter keeps its own reference
         clog.info(
             "conversation closed: %s, %d messages, outcome %s",
             reason,

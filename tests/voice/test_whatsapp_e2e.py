@@ -234,6 +234,8 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
                     async with http.get(f"{base}/{lead.id}") as response:
                         assert response.status == 200
                         details[lead.name] = await response.json()
+                async with http.get(base.replace("/leads", "/overview")) as response:
+                    overview = await response.json()
     finally:
         await standin.stop()
         await calendar.stop()
@@ -292,6 +294,10 @@ async def test_a_whatsapp_campaign_runs_end_to_end(
     assert sorted(e["call"]["outcome"] for e in events) == [
         "do_not_call", "failed", "no_answer", "no_answer", "qualified"
     ]  # fmt: skip
+
+    # The campaign's figures: five templates accepted, two answered.
+    assert (overview["conversations"], overview["replied"]) == (5, 2)
+    assert overview["leads_by_status"]["qualified"] == 1
 
     # No free text ever went out of a service window; each reply answered once.
     assert standin.violations() == []

@@ -467,6 +467,63 @@ async def test_stop_after_the_conversation_closed_still_opts_out(
     assert current.calls == [record.id]  # no new conversation opened
 
 
+LATE_SCRIPT: dict[str, Any] = {
+    "rules": [
+        {
+            "pattern": "not interested",
+            "reply": "Understood, thank you. Goodbye!",
+            "tool_calls": [
+                {"name": "end_call", "arguments": {"outcome": "not_interested"}}
+            ],
+        }
+    ],
+    "default_reply": "Thanks for your message.",
+}
+
+
+async def test_a_late_reply_is_answered_and_decides_for_its_lead(
+    instant_models: Models,
+    wa_settings: Settings,
+    store: Store,
+    standin: WhatsAppStandin,
+) -> None:
+    """After the reply wait: a conversation of the lead's own, answered in time."""
+    async with run_harness(
+        instant_models, wa_settings, LATE_SCRIPT, store=store
+    ) as server:
+        assert server.services.whatsapp is not None
+        standin.webhook_url = hook_url(server)
+        campaign, lead = await one_lead_campaign(store, reply_wait_minutes=0.01)
+        await store.transition(T, campaign.id, "launch")
+
+        async def lapsed() -> bool:
+            current = await store.lead_by_id(campaign.id, lead.id)
+            return current.status is LeadStatus.NO_ANSWER
+
+        async with dialing(
+            store, wa_settings, standin.base_url, server.url, 5.0, whatsapp=True
+        ):
+            await until_true(lapsed, 10, "the conversation lapsed")
+            await standin.wait_idle()
+            await standin.send_from_contact(LEAD, "Sorry, I'm not interested.")
+
+            async def decided() -> bool:
+                current = await store.lead_by_id(campaign.id, lead.id)
+                return current.status is LeadStatus.NOT_INTERESTED
+
+            await until_true(decided, 10, "the late conversation's outcome")
+            await server.services.whatsapp.idle()
+            await standin.wait_idle()
+            current, record = await conversation(store, lead)
+
+    assert record.id.startswith("conv_") and record.outcome == "not_interested"
+    assert [m.direction for m in record.messages] == ["in", "out"]
+    assert [m.type for m in standin.sent_to(LEAD)] == ["template", "text"]
+    assert standin.violations() == []
+    assert current.next_attempt_at is None and current.attempts == 1
+    assert len(current.calls) == 2
+
+
 # parse_webhook, on Meta-shaped payloads.
 
 
