@@ -1,7 +1,7 @@
-"""`voxdial bench`: run the load (and the dialer's scale test), write the report.
+"""`voxdial bench`: run the load (the dialer's scale test, WhatsApp), write the report.
 
     voxdial bench [--profile quick|full] [--mode local|instant|both]
-                  [--no-baseline] [--no-dialer] [--out DIR]
+                  [--no-baseline] [--no-dialer] [--no-whatsapp] [--out DIR]
 
 Writes `DIR/<timestamp>/`: `report.md` (tables: every figure as voxdial's
 value, the baseline's and their ratio), `results.json` (everything, raw
@@ -239,8 +239,25 @@ async def run_bench(args: argparse.Namespace) -> int:
         )
         scale = await run_scale(ScaleProfile(name=profile.name, sizes=sizes))
         scale_md, scale_json = format_report(scale), asdict(scale)
+    chat_md, chat_json = "", None
+    if not args.no_whatsapp:
+        from benchmarks import whatsapp_load
+
+        leads = 20 if profile.name == "quick" else 200
+        say(f"WhatsApp: {leads} conversations at once ...")
+        with tempfile.TemporaryDirectory(prefix="voxdial-wa-") as work:
+            chat = await whatsapp_load.run_whatsapp_load(
+                whatsapp_load.WhatsAppProfile(leads=leads), Path(work)
+            )
+        chat_md, chat_json = whatsapp_load.format_report(chat), asdict(chat)
     text = markdown(report, scale_md)
-    results: dict[str, Any] = {"load": asdict(report), "dialer_scale": scale_json}
+    if chat_md:
+        text += "\n\n" + chat_md
+    results: dict[str, Any] = {
+        "load": asdict(report),
+        "dialer_scale": scale_json,
+        "whatsapp": chat_json,
+    }
     written = await asyncio.to_thread(_write, out, text, results, report)
     for path in written:
         say(f"plot: {path}")
@@ -268,6 +285,9 @@ def add_command(commands: Any) -> None:
     bench.add_argument("--mode", choices=("local", "instant", "both"), default="both")
     bench.add_argument("--no-baseline", action="store_true", help="voxdial only")
     bench.add_argument("--no-dialer", action="store_true", help="skip the dialer test")
+    bench.add_argument(
+        "--no-whatsapp", action="store_true", help="skip the WhatsApp load"
+    )
     bench.add_argument("--hold-s", type=float, default=0.0, help="seconds per step")
     bench.add_argument("--out", default="bench-results", help="where reports go")
     bench.add_argument("--local-steps", help="call counts, e.g. 1,4,10")

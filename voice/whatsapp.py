@@ -23,9 +23,10 @@ The rules:
   extracts the campaign's fields and settles the attempt, so the lead's
   status and follow-ups come from the same rules as a call's.
 
-A message from a contact with no open conversation (a late reply, a number
-we never wrote to) is kept on the lead's last conversation when there is
-one; its opt-out applies; the agent does not answer it.
+A message from a lead with no open conversation (a late reply) opens one
+of the lead's own, without an attempt, which the agent answers like any
+other; from a number on the do-not-call list it is only kept, from a number
+that is no lead only logged.
 """
 
 from __future__ import annotations
