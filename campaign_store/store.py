@@ -157,6 +157,10 @@ def _cursor(value: str | None) -> float:
         raise ValueError("cursor is not one this API returned") from exc
 
 
+MAX_CONNECTIONS = 64  # per process
+CONNECTION_WAIT_S = 30.0
+
+
 class Store:
     """All campaign data, in one Redis database."""
 
@@ -172,12 +176,18 @@ class Store:
         """A store on the server at `url`, checked to be safe for our data."""
         # Reconnect through a Redis restart or failover rather than fail the
         # caller. A script retried after a lost reply does no harm: see each.
-        client = aioredis.Redis.from_url(
+        # A burst (hundreds of WhatsApp webhooks at once, each a WATCH that
+        # holds its connection) waits for a free connection instead of
+        # failing with "Too many connections", redis-py's default past 100.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CONNECTION_WAIT_S,
             decode_responses=False,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        client = aioredis.Redis.from_pool(pool)
         store = cls(client)
         try:
             await store.check_server()

@@ -7,8 +7,9 @@ The rules:
 
 - A POST whose `X-Hub-Signature-256` is not the HMAC-SHA256 of its raw body
   under the app secret is refused (401) before anything is read from it.
-- Every message and every status is handled once: Meta delivers at least
-  once, so an id already seen is ignored (`vx:wa:seen`).
+- Every message is handled once: Meta delivers at least once, so a message
+  id already seen is ignored (`vx:wa:seen`). A status needs no such memory:
+  it never moves a message's status backwards, so a repeat changes nothing.
 - A webhook is answered once its items are stored; the agent's reply is
   written and sent after that, in the background, since Meta expects an
   answer within seconds and an LLM with tools may take longer.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -284,17 +286,16 @@ class WhatsAppService:
     async def handle(self, items: Sequence[IncomingMessage | StatusUpdate]) -> None:
         """Store what one webhook brought; replies follow in the background."""
         for item in items:
-            if isinstance(item, IncomingMessage):
-                seen = f"m:{item.wamid}"
-            else:
-                seen = f"s:{item.wamid}:{item.status}"
+            if isinstance(item, StatusUpdate):
+                # Idempotent as it is: a status never moves a message back,
+                # and a failed template closes its conversation once.
+                await self._on_status(item)
+                continue
+            seen = f"m:{item.wamid}"
             if not await self.conversations.first_seen(seen):
                 continue
             try:
-                if isinstance(item, IncomingMessage):
-                    await self._receive(item)
-                else:
-                    await self._on_status(item)
+                await self._receive(item)
             except BaseException:
                 # Not handled: Meta's retry of this webhook must not be
                 # taken for a duplicate.
@@ -448,15 +449,17 @@ class WhatsAppService:
                 booking=record.booking,
                 opted_out=record.opted_out,
             )
+            before = dataclasses.replace(effects)
             if record.opted_out:
                 text = OPTED_OUT_TEXT
             else:
                 text = await self._write(campaign, lead, record, effects, clog)
-                if effects.opted_out:
-                    await self._keep_effects(ref, effects)
+                if effects.opted_out and not before.opted_out:
+                    await self._keep_effects(ref, effects)  # before anything else
             if text:
                 await self._send_text(ref, campaign, lead, text, clog)
-            await self._keep_effects(ref, effects)
+            if effects != before:
+                await self._keep_effects(ref, effects)
             if effects.hang_up or effects.opted_out:
                 reason = "opted_out" if effects.opted_out else "agent_closed"
                 await self._close(ref, reason, clog=clog)
