@@ -5,7 +5,7 @@
     GET  /healthz         liveness: models loaded, calls in progress
     GET  /metrics         Prometheus text format
     GET  /whatsapp/webhook    Meta's subscription handshake
-    POST /whatsapp/webhook    WhatsApp messages and statuses (`voice.whatsapp`)
+    POST /whatsapp/webhook    WhatsApp messages and statuses (`voice.whatsapp_webhook`)
 
 Every Twilio request is checked against `X-Twilio-Signature` unless the
 `validate_signatures` setting is off (development only; logged loudly).
@@ -204,10 +204,10 @@ def create_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/twilio/status", status_callback)
-    from voice import whatsapp
+    from voice import whatsapp_webhook
 
-    app.router.add_get("/whatsapp/webhook", whatsapp.verify_subscription)
-    app.router.add_post("/whatsapp/webhook", whatsapp.webhook)
+    app.router.add_get("/whatsapp/webhook", whatsapp_webhook.verify_subscription)
+    app.router.add_post("/whatsapp/webhook", whatsapp_webhook.webhook)
     conversations = services.whatsapp
     if conversations is not None:
 

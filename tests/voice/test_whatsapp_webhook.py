@@ -38,7 +38,12 @@ from dialer.whatsapp_standin import Contact, WhatsAppStandin
 from pipelines.models import Models
 from tests.conftest import Harness, dialing, run_harness, until_true
 from voice.settings import Settings
-from voice.whatsapp import IncomingMessage, StatusUpdate, parse_webhook, signature_ok
+from voice.whatsapp_webhook import (
+    IncomingMessage,
+    StatusUpdate,
+    parse_webhook,
+    signature_ok,
+)
 
 T = "acme"
 NY = "America/New_York"
