@@ -12,6 +12,7 @@ webhook names only WhatsApp's ids:
                                            it lapses (reply wait, or the end
                                            of the service window)
     vx:wa:seen:<id>                        a webhook item already handled
+    vx:wa:lock:<campaign:attempt>          who answers or closes it right now
 
 A contact has at most one open conversation per business number: the
 dialer opens one only for a lead it holds the lease of, and the lease is
@@ -20,7 +21,10 @@ held until the conversation is settled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +33,29 @@ from campaign_store.keys import PREFIX, CampaignKeys
 from campaign_store.models import CallRecordModel, Lead, now
 from campaign_store.store import Store
 
-__all__ = ["ConversationRef", "Conversations"]
+__all__ = ["ConversationRef", "Conversations", "lapses_at"]
 
 DEADLINES = f"{PREFIX}:wa:deadlines"
+# Longer than an answer can take (LLM and tool timeouts): a process that
+# dies holding the lock delays the conversation by this much, no more.
+LOCK_S = 120.0
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 SEEN_FOR_S = 7 * 86_400  # Meta retries a webhook for up to 7 days
 WAMID_FOR_S = 30 * 86_400
+
+
+def lapses_at(record: CallRecordModel) -> float:
+    """When an open conversation runs out of time.
+
+    Once the lead has written, the end of the service window their last
+    message opened; before that, the template's reply wait.
+    """
+    if record.answered_at is not None and record.service_window_until is not None:
+        return record.service_window_until
+    return record.reply_by or record.service_window_until or 0.0
 
 
 def _open_key(phone_number_id: str, wa_id: str) -> str:
@@ -71,6 +93,22 @@ class Conversations:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.redis: Any = store.redis
+        self._unlock = store.redis.register_script(_UNLOCK)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, ref: ConversationRef) -> AsyncIterator[None]:
+        """Hold the conversation: one answer or close at a time, any process."""
+        key = f"{PREFIX}:wa:lock:{ref}"
+        token = secrets.token_hex(8)
+        # Polled: the holder may be another process.
+        while not await self.redis.set(  # noqa: ASYNC110
+            key, token, nx=True, px=int(LOCK_S * 1000)
+        ):
+            await asyncio.sleep(0.02)
+        try:
+            yield
+        finally:
+            await self._unlock(keys=[key], args=[token])
 
     async def open(
         self,
@@ -163,6 +201,10 @@ class Conversations:
     async def set_deadline(self, ref: ConversationRef, lapses_at: float) -> None:
         # XX: a conversation already closed (and unindexed) stays closed.
         await self.redis.zadd(DEADLINES, {str(ref): int(lapses_at * 1000)}, xx=True)
+
+    async def reschedule(self, ref: ConversationRef, lapses_at: float) -> None:
+        """Put a conversation taken for closing back, due at `lapses_at`."""
+        await self.redis.zadd(DEADLINES, {str(ref): int(lapses_at * 1000)})
 
     async def lapsed(self, at: float, limit: int = 50) -> list[ConversationRef]:
         raw = await self.redis.zrangebyscore(

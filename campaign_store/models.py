@@ -612,6 +612,8 @@ class CallRecordModel(Strict):
     # last message), and when a template left unanswered counts as no answer.
     service_window_until: float | None = None
     reply_by: float | None = None
+    # WhatsApp: how many of the lead's messages the agent has answered.
+    lead_messages_answered: int = 0
 
     def duration_s(self) -> float | None:
         if self.answered_at is None or self.ended_at is None:

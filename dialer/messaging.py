@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from campaign_store.conversations import ConversationRef, Conversations
+from campaign_store.conversations import ConversationRef, Conversations, lapses_at
 from campaign_store.keys import CampaignKeys
 from campaign_store.models import (
     Attempt,
@@ -210,7 +210,7 @@ class OpeningSender:
         record = None if ref is None else await self.conversations.get(ref)
         if record is None or record.ended_at is not None:
             return None  # none, or an index a crash left behind
-        return max(record.service_window_until or 0.0, record.reply_by or 0.0)
+        return lapses_at(record)
 
     async def _opening_text(
         self, campaign: Campaign, lead: Lead, values: list[str]
@@ -312,7 +312,7 @@ class OpeningSender:
             stopped = "not sent: the dialer stopped"
             await self._refused(attempt, stopped, Result.CANCELED)
             return
-        lapses = max(record.reply_by or 0.0, record.service_window_until or 0.0)
+        lapses = lapses_at(record)
         if record.ended_at is None and now < lapses + self.grace_s:
             await self.claims.renew(claim, self._ms(lapses + self.grace_s))
             return

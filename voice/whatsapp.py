@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
 
-from campaign_store.conversations import ConversationRef, Conversations
+from campaign_store.conversations import ConversationRef, Conversations, lapses_at
 from campaign_store.errors import NotFound, StoreError
 from campaign_store.keys import CampaignKeys
 from campaign_store.models import (
@@ -124,7 +124,6 @@ class WhatsAppService:
         self.llm = llm
         self.session = session
         self.webhooks = webhooks
-        self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -143,9 +142,6 @@ class WhatsAppService:
         # Waited in rounds: an answer may start another task (a close).
         while self._tasks and (left := deadline - time.monotonic()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
-
-    def _lock(self, ref: ConversationRef) -> asyncio.Lock:
-        return self._locks.setdefault(str(ref), asyncio.Lock())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -186,63 +182,62 @@ class WhatsAppService:
             return
         clog = ConversationLog(log, {"conversation": ref.attempt_id})
         number = "+" + item.wa_id
-        async with self._lock(ref):
-            # None for a conversation the lead opened (see `_stray`).
-            attempt = await self.attempts.get(ref.campaign_id, ref.attempt_id)
-            window_until = item.at + self.settings.whatsapp_service_window_s
-            opting_out = asks_to_stop_messages(item.text)
-            first_reply = False
+        # No lock: the record's update is atomic on its own, and waiting here
+        # for an answer in progress would keep Meta's webhook waiting.
+        # None for a conversation the lead opened (see `_stray`).
+        attempt = await self.attempts.get(ref.campaign_id, ref.attempt_id)
+        window_until = item.at + self.settings.whatsapp_service_window_s
+        opting_out = asks_to_stop_messages(item.text)
+        first_reply = False
 
-            def received(record: CallRecordModel) -> CallRecordModel:
-                nonlocal first_reply
-                closed = record.ended_at is not None
-                record.messages.append(_inbound(item, late=closed))
-                if closed:
-                    return record  # settled: its outcome stands
-                record.transcript.append(
-                    TurnRecord(
-                        speaker="lead",
-                        text=item.text,
-                        started_at=item.at,
-                        ended_at=item.at,
-                        source="whatsapp",
-                    )
+        def received(record: CallRecordModel) -> CallRecordModel:
+            nonlocal first_reply
+            closed = record.ended_at is not None
+            record.messages.append(_inbound(item, late=closed))
+            if closed:
+                return record  # settled: its outcome stands
+            record.transcript.append(
+                TurnRecord(
+                    speaker="lead",
+                    text=item.text,
+                    started_at=item.at,
+                    ended_at=item.at,
+                    source="whatsapp",
                 )
-                first_reply = record.answered_at is None
-                if first_reply:
-                    record.answered_at = item.at
-                record.service_window_until = max(
-                    record.service_window_until or 0.0, window_until
-                )
-                if opting_out:
-                    record.opted_out = True
-                    record.outcome = "do_not_call"
-                    record.outcome_source = "opt_out"
-                return record
-
-            record = await self.conversations.update(ref, received)
-            self.metrics.messages.inc(1.0, "in")
-            clog.info("message from %s", mask(number))
+            )
+            first_reply = record.answered_at is None
             if first_reply:
-                stats = CampaignKeys(ref.campaign_id).stats
-                await self.store.redis.hincrby(stats, "replied", 1)
+                record.answered_at = item.at
+            record.service_window_until = max(
+                record.service_window_until or 0.0, window_until
+            )
             if opting_out:
-                # Before anything else, closed conversation or not.
-                campaign = await self.store.campaign_by_id(ref.campaign_id)
-                await self.store.dnc_add(campaign.tenant, [number])
-                clog.info("%s opted out: on the do-not-call list", mask(number))
-            if record.ended_at is not None:
-                return  # closed while this waited: kept, not answered
-            lapses = record.service_window_until or window_until
-            await self.conversations.set_deadline(ref, lapses)
-            if attempt is not None:
-                claim = Claim(ref.campaign_id, attempt.lead_id, attempt.token)
-                await self.claims_renew(claim, lapses + LEASE_GRACE_S)
-                lead = await self.store.lead_by_id(ref.campaign_id, attempt.lead_id)
-                if lead.status is LeadStatus.MESSAGED:
-                    await self.attempts.mark_status(
-                        claim, lead, LeadStatus.IN_CONVERSATION
-                    )
+                record.opted_out = True
+                record.outcome = "do_not_call"
+                record.outcome_source = "opt_out"
+            return record
+
+        record = await self.conversations.update(ref, received)
+        self.metrics.messages.inc(1.0, "in")
+        clog.info("message from %s", mask(number))
+        if first_reply:
+            stats = CampaignKeys(ref.campaign_id).stats
+            await self.store.redis.hincrby(stats, "replied", 1)
+        if opting_out:
+            # Before anything else, closed conversation or not.
+            campaign = await self.store.campaign_by_id(ref.campaign_id)
+            await self.store.dnc_add(campaign.tenant, [number])
+            clog.info("%s opted out: on the do-not-call list", mask(number))
+        if record.ended_at is not None:
+            return  # closed while this waited: kept, not answered
+        lapses = record.service_window_until or window_until
+        await self.conversations.set_deadline(ref, lapses)
+        if attempt is not None:
+            claim = Claim(ref.campaign_id, attempt.lead_id, attempt.token)
+            await self.claims_renew(claim, lapses + LEASE_GRACE_S)
+            lead = await self.store.lead_by_id(ref.campaign_id, attempt.lead_id)
+            if lead.status is LeadStatus.MESSAGED:
+                await self.attempts.mark_status(claim, lead, LeadStatus.IN_CONVERSATION)
         self._spawn(self._answer(ref))
 
     async def claims_renew(self, claim: Claim, until: float) -> None:
@@ -308,12 +303,13 @@ class WhatsAppService:
 
     async def _answer(self, ref: ConversationRef) -> None:
         clog = ConversationLog(log, {"conversation": ref.attempt_id})
-        async with self._lock(ref):
+        async with self.conversations.locked(ref):
             record = await self.conversations.get(ref)
             if record is None or record.ended_at is not None:
                 return
-            if not record.transcript or record.transcript[-1].speaker != "lead":
-                return  # an earlier answer already read this message
+            reading = sum(t.speaker == "lead" for t in record.transcript)
+            if reading <= record.lead_messages_answered:
+                return  # an earlier answer already read these messages
             campaign = await self.store.campaign_by_id(ref.campaign_id)
             lead = await self.store.lead_by_id(ref.campaign_id, record.lead_id)
             effects = CallEffects(
@@ -330,10 +326,11 @@ class WhatsAppService:
                 text = await self._write(campaign, lead, record, effects, clog)
                 if effects.opted_out and not before.opted_out:
                     await self._keep_effects(ref, effects)  # before anything else
-            if text:
-                await self._send_text(ref, campaign, lead, text, clog)
-            if effects != before:
-                await self._keep_effects(ref, effects)
+            sent = bool(text) and await self._send_text(
+                ref, campaign, lead, text, clog, answering=reading
+            )
+            if effects != before or not sent:
+                await self._keep_effects(ref, effects, answered=reading)
             if effects.hang_up or effects.opted_out:
                 reason = "opted_out" if effects.opted_out else "agent_closed"
                 await self._close(ref, reason, clog=clog)
@@ -389,15 +386,21 @@ class WhatsAppService:
         lead: Lead,
         text: str,
         clog: ConversationLog,
-    ) -> None:
+        *,
+        answering: int,
+    ) -> bool:
+        """Send the agent's answer to the lead's first `answering` messages.
+
+        False when it was not sent (and is not kept as sent).
+        """
         record = await self.conversations.get(ref)
         channel = campaign.channel
         if record is None or not isinstance(channel, WhatsAppChannel):
-            return
+            return False
         now = time.time()
         if (record.service_window_until or 0.0) <= now:
             clog.info("the service window has closed: the answer is not sent")
-            return
+            return False
         client = self.account.client(channel.phone_number_id)
         try:
             sent = await client.send_text(lead.phone, text, callback_data=str(ref))
@@ -411,7 +414,7 @@ class WhatsAppService:
                     return current
 
                 await self.conversations.update(ref, failed)
-                return
+                return False
             # It may have reached the lead: kept as written, and matched to
             # its WhatsApp id when a status for it comes (see `_on_status`).
             clog.warning("answer perhaps not sent: %s", exc)
@@ -436,12 +439,19 @@ class WhatsAppService:
                     source="whatsapp",
                 )
             )
+            current.lead_messages_answered = max(
+                current.lead_messages_answered, answering
+            )
             return current
 
         await self.conversations.update(ref, sent_now)
+        return True
 
-    async def _keep_effects(self, ref: ConversationRef, effects: CallEffects) -> None:
+    async def _keep_effects(
+        self, ref: ConversationRef, effects: CallEffects, *, answered: int = 0
+    ) -> None:
         def kept(record: CallRecordModel) -> CallRecordModel:
+            record.lead_messages_answered = max(record.lead_messages_answered, answered)
             record.callback_at = effects.callback_at
             record.callback_local = effects.callback_local
             record.booking = effects.booking
@@ -512,7 +522,7 @@ class WhatsAppService:
             log.info("[%s] message failed: %s", ref.attempt_id, item.error)
         if opening:
             # The template never reached the lead: a failed attempt.
-            async with self._lock(ref):
+            async with self.conversations.locked(ref):
                 await self._close(ref, "template_failed", result=Result.FAILED)
 
     # Closing.
@@ -528,8 +538,14 @@ class WhatsAppService:
                 log.warning("WhatsApp sweep failed (%s); retrying", exc)
 
     async def _lapse(self, ref: ConversationRef) -> None:
-        async with self._lock(ref):
+        async with self.conversations.locked(ref):
             record = await self.conversations.get(ref)
+            if record is not None and record.ended_at is None:
+                lapses = lapses_at(record)
+                if lapses > time.time():
+                    # The lead wrote just as it was taken: not over yet.
+                    await self.conversations.reschedule(ref, lapses)
+                    return
             result, _ = lapse_result(record)
             await self._close(ref, "lapsed", result=result)
 
@@ -586,7 +602,6 @@ class WhatsAppService:
         except (StoreError, NotFound) as exc:
             clog.warning("conversation closed, attempt not settled here: %s", exc)
         self.metrics.conversations_total.inc(1.0, reason)
-        self._locks.pop(str(ref), None)  # a waiter keeps its own reference
         clog.info(
             "conversation closed: %s, %d messages, outcome %s",
             reason,

@@ -1,7 +1,13 @@
-"""A WhatsApp agent's MCP tools, and an answer that comes too late to be sent."""
+"""A WhatsApp agent's MCP tools, and its answers' timing against the webhook.
+
+An answer that comes too late for the service window is not sent; messages
+that come while the agent is writing are taken at once and answered.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -182,3 +188,47 @@ async def test_an_answer_past_the_service_window_is_not_sent(
             await h.services.whatsapp.idle()
     assert [m.type for m in standin.sent_to(LEAD)] == ["template"]
     assert standin.violations() == []
+
+
+async def test_messages_during_an_answer_are_taken_at_once_and_answered(
+    instant_models: Models, settings: Settings, store: Store
+) -> None:
+    """Meta's webhook never waits for the model; each message gets its answer."""
+    script = {"default_reply": "Noted.", "first_token_delay_s": 0.8}
+    async with WhatsAppStandin(
+        access_token=TOKEN,
+        app_secret=SECRET,
+        phone_number_id=NUMBER_ID,
+        templates={("hello", "en_US"): 1},
+        contacts={LEAD: Contact(name="Dana")},
+    ) as standin:
+        settings = _settings(settings, standin, 60.0)
+        async with run_harness(instant_models, settings, script, store=store) as h:
+            standin.webhook_url = f"{h.url}/whatsapp/webhook"
+            campaign_id, lead = await _launch(store)
+
+            async def messaged() -> bool:
+                current = await store.lead_by_id(campaign_id, lead.id)
+                return current.status is LeadStatus.MESSAGED
+
+            async with dialing(store, settings, "", h.url, 5.0, whatsapp=True):
+                await until_true(messaged, 10, "the template sent")
+                await standin.wait_idle()
+                started = time.monotonic()
+                await standin.send_from_contact(LEAD, "Hi.")
+                await asyncio.sleep(0.2)  # the agent is writing its answer
+                await standin.send_from_contact(LEAD, "One more thing.")
+                taken_s = time.monotonic() - started
+
+                async def both() -> bool:
+                    texts = [m for m in standin.sent_to(LEAD) if m.type == "text"]
+                    return len(texts) == 2
+
+                await until_true(both, 10, "two answers")
+                assert h.services.whatsapp is not None
+                await h.services.whatsapp.idle()
+            [record] = await store.lead_calls(T, campaign_id, lead.id)
+    # Both webhooks were answered well before one answer could be written.
+    assert taken_s < 0.8
+    assert [t.speaker for t in record.transcript] == ["lead", "lead", "agent", "agent"]
+    assert record.lead_messages_answered == 2
