@@ -323,7 +323,7 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
             ),
             sink=call_sink,
             metrics=Metrics(),
-            directory=CallDirectory(),
+            directory=CallDirectory(None if self.store is None else self.store.redis),
             call_config=call_config(settings),
             store=self.store,
             attempts=attempts,

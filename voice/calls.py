@@ -4,16 +4,25 @@ The TwiML webhook registers each answered call here and puts the returned
 nonce in the stream's `<Parameter>`s; the stream's `start` must present it,
 once, within `ttl_s`. That ties a media stream to a webhook Twilio signed,
 so a stranger who reaches the websocket cannot start an agent on our dime.
-Kept in process memory: a stream always lands on the server that answered its
-webhook when one server runs; a fleet behind a balancer would move this into
-Redis next to the campaign store.
+
+With a campaign store the nonces live in its Redis (`vx:nonce:<nonce>`,
+expiring, taken with GETDEL so that only one stream ever gets one), so the
+stream may land on any server behind a balancer, not only the one that
+answered its webhook. Without one (tests, ad hoc streams), in process memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["CallDirectory", "ExpectedCall"]
+
+PREFIX = "vx:nonce:"
 
 
 @dataclass(frozen=True)
@@ -32,18 +41,28 @@ class ExpectedCall:
 class CallDirectory:
     """Nonce -> expected call, each nonce good for one stream."""
 
-    def __init__(self, ttl_s: float = 120.0) -> None:
+    def __init__(self, redis: Any | None = None, ttl_s: float = 120.0) -> None:
         self.ttl_s = ttl_s
+        self._redis = redis
         self._expected: dict[str, tuple[float, ExpectedCall]] = {}
 
-    def register(self, call: ExpectedCall) -> str:
-        self._expire()
+    async def register(self, call: ExpectedCall) -> str:
         nonce = secrets.token_urlsafe(18)
+        if self._redis is not None:
+            blob = json.dumps(dataclasses.asdict(call))
+            await self._redis.set(PREFIX + nonce, blob, px=int(self.ttl_s * 1000))
+            return nonce
+        self._expire()
         self._expected[nonce] = (time.monotonic() + self.ttl_s, call)
         return nonce
 
-    def claim(self, nonce: str) -> ExpectedCall | None:
+    async def claim(self, nonce: str) -> ExpectedCall | None:
         """The call for `nonce`, removing it; None when unknown or expired."""
+        if not nonce:
+            return None
+        if self._redis is not None:
+            blob = await self._redis.getdel(PREFIX + nonce)
+            return None if blob is None else ExpectedCall(**json.loads(blob))
         self._expire()
         entry = self._expected.pop(nonce, None)
         return entry[1] if entry else None

@@ -121,7 +121,7 @@ def campaign_services(
             after_save=attempts.maybe_settle,
         ),
         metrics=metrics,
-        directory=CallDirectory(),
+        directory=CallDirectory(store.redis),
         call_config=call_config(settings),
         store=store,
         attempts=attempts,
@@ -316,7 +316,7 @@ async def twiml_webhook(request: web.Request) -> web.Response:
     )
     if form.get("Direction") == "inbound" and not expected.campaign_id:
         expected = await _inbound(services, expected, form)
-    nonce = services.directory.register(expected)
+    nonce = await services.directory.register(expected)
     body = connect_stream_twiml(
         _stream_url(settings, request),
         {

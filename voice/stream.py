@@ -195,7 +195,7 @@ class StreamSession:
         services = self.services
         settings = services.settings
         params = start.custom_parameters
-        expected = services.directory.claim(params.get("nonce", ""))
+        expected = await services.directory.claim(params.get("nonce", ""))
         if expected is None:
             if settings.validate_signatures:
                 self.log.warning("stream start with an unknown or used nonce: refused")
