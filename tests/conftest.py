@@ -327,7 +327,11 @@ class run_harness:  # lower case: used like a function, `async with run_harness(
             call_config=call_config(settings),
             store=self.store,
             attempts=attempts,
-            webhooks=WebhookSender(self.session, first_delay_s=0.05),
+            webhooks=WebhookSender(
+                self.session,
+                redis=None if self.store is None else self.store.redis,
+                first_delay_s=0.05,
+            ),
         )
         if attempts is not None:
             services.whatsapp = whatsapp_service(

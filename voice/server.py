@@ -108,7 +108,7 @@ def campaign_services(
         base_url=settings.twilio_api_base,
         session=session,
     )
-    webhooks = WebhookSender(session)
+    webhooks = WebhookSender(session, redis=store.redis)
     metrics = Metrics()
     return Services(
         settings=settings,
@@ -208,6 +208,13 @@ def create_app(services: Services) -> web.Application:
 
     app.router.add_get("/whatsapp/webhook", whatsapp_webhook.verify_subscription)
     app.router.add_post("/whatsapp/webhook", whatsapp_webhook.webhook)
+    webhooks = services.webhooks
+    if webhooks is not None:
+
+        async def start_webhooks(app: web.Application) -> None:
+            await webhooks.start()  # a previous run's deliveries too
+
+        app.on_startup.append(start_webhooks)
     conversations = services.whatsapp
     if conversations is not None:
 

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from campaign_store.store import Store
 from voice.webhooks import WebhookSender, sign, verify
 
 SECRET = "whsec_0123456789abcdef"
@@ -104,3 +105,43 @@ async def test_send_runs_in_the_background_and_close_drops_the_rest(
             await asyncio.sleep(0.01)
         await sender.close()
     assert len(receiver.seen) == 1
+
+
+async def test_an_outbox_delivery_outlives_its_server(
+    receiver: Receiver, store: Store
+) -> None:
+    """Pending when one sender stops, delivered by the next, same id and body."""
+    receiver.statuses = [503] * 2
+    async with aiohttp.ClientSession() as session:
+        first = WebhookSender(session, redis=store.redis, first_delay_s=10.0)
+        payload = {"event": "conversation.completed", "call": {"id": "conv_1"}}
+        first.send(receiver.url, SECRET, "conv_1", payload)
+        for _ in range(200):
+            if receiver.seen:
+                break
+            await asyncio.sleep(0.01)
+        await first.close()  # stopped with the delivery still due in 10 s
+        assert len(receiver.seen) == 1
+        assert await store.redis.zcard("vx:webhooks:due") == 1
+
+        # The next server picks it up once it is due (made due now here).
+        await store.redis.zadd("vx:webhooks:due", {
+            (await store.redis.zrange("vx:webhooks:due", 0, 0))[0]: 0
+        })  # fmt: skip
+        second = WebhookSender(session, redis=store.redis, first_delay_s=0.01)
+        await second.start()
+        for _ in range(300):
+            if len(receiver.seen) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(100):
+            if not await store.redis.zcard("vx:webhooks:due"):
+                break
+            await asyncio.sleep(0.01)
+        await second.close()
+    assert len(receiver.seen) == 3  # 503, 503, then 200
+    assert {h["Voxdial-Delivery"] for h, _ in receiver.seen} == {"conv_1"}
+    assert {h["Voxdial-Event"] for h, _ in receiver.seen} == {"conversation.completed"}
+    assert len({b for _, b in receiver.seen}) == 1
+    assert await store.redis.zcard("vx:webhooks:due") == 0
+    assert not await store.redis.keys("vx:webhooks:*")
