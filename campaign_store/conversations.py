@@ -33,9 +33,12 @@ from campaign_store.keys import PREFIX, CampaignKeys
 from campaign_store.models import CallRecordModel, Lead, now
 from campaign_store.store import Store
 
-__all__ = ["ConversationRef", "Conversations", "lapses_at"]
+__all__ = ["LEASE_GRACE_S", "ConversationRef", "Conversations", "lapses_at"]
 
 DEADLINES = f"{PREFIX}:wa:deadlines"
+# A conversation's lease outlasts its deadline by this much: time for the
+# media server to close it before a dialer settles it from its record.
+LEASE_GRACE_S = 600.0
 # Longer than an answer can take (LLM and tool timeouts): a process that
 # dies holding the lock delays the conversation by this much, no more.
 LOCK_S = 120.0

@@ -539,6 +539,13 @@ class Lead(Strict):
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
 
+    def placeholder_values(self) -> dict[str, str]:
+        """The lead's values for `{{placeholders}}`, standard ones included."""
+        values = {k: "" if v is None else str(v) for k, v in self.fields.items()}
+        values["name"] = self.name
+        values["first_name"] = self.name.split(" ", 1)[0] if self.name else ""
+        return values
+
 
 # Calls.
 

@@ -36,6 +36,7 @@ from urllib.parse import urlencode
 from redis.exceptions import RedisError
 
 from campaign_store import codec
+from campaign_store.conversations import LEASE_GRACE_S
 from campaign_store.errors import NotFound
 from campaign_store.keys import ACTIVE, PAUSING, CampaignKeys
 from campaign_store.models import (
@@ -87,7 +88,7 @@ class DialerConfig:
     jurisdictions: Jurisdictions = DEFAULT_JURISDICTIONS
     # WhatsApp: how long past its deadline a conversation waits for the
     # media server to close it before the dialer settles it itself.
-    conversation_grace_s: float = 600.0
+    conversation_grace_s: float = LEASE_GRACE_S
 
 
 # A WhatsApp conversation holds its lead's lease for as long as it is open
@@ -129,8 +130,6 @@ class Dialer:
                 store,
                 self.attempts,
                 whatsapp,
-                owner=config.owner,
-                lease_s=config.lease_s,
                 grace_s=config.conversation_grace_s,
                 clock=clock,
             )

@@ -62,9 +62,7 @@ def template_values(campaign: Campaign, lead: Lead) -> list[str] | str:
     assert isinstance(campaign.channel, WhatsAppChannel)
     known: dict[str, object] = {
         **{f.name: f.default for f in campaign.fields if f.default is not None},
-        **{k: v for k, v in lead.fields.items() if v not in (None, "")},
-        "name": lead.name,
-        "first_name": lead.name.split(" ", 1)[0] if lead.name else "",
+        **{k: v for k, v in lead.placeholder_values().items() if v},
         "phone": lead.phone,
     }
     values = []
@@ -101,8 +99,6 @@ class OpeningSender:
         attempts: Attempts,
         account: WhatsAppAccount,
         *,
-        owner: str,
-        lease_s: float,
         grace_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -112,8 +108,6 @@ class OpeningSender:
         self.claims = attempts.claims
         self.conversations = Conversations(store)
         self.account = account
-        self.owner = owner
-        self.lease_s = lease_s
         self.grace_s = grace_s
         self.clock = clock
         self.sent = 0
@@ -229,10 +223,7 @@ class OpeningSender:
             except Exception:  # the opening is already out: keep the record
                 agent = None
             if agent is not None and agent.greeting:
-                fields = {k: clean_value(v) for k, v in lead.fields.items()}
-                fields["name"] = lead.name
-                fields["first_name"] = lead.name.split(" ", 1)[0] if lead.name else ""
-                return greeting(agent.greeting, fields)
+                return greeting(agent.greeting, lead.placeholder_values())
         return f"[template {template.name}: {' | '.join(values)}]"
 
     async def _not_accepted(

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
+
+
+class CallLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger that prefixes every line with the call (or conversation) id."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[{extra.get('call_id', '-')}] {msg}", kwargs
+
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 

@@ -31,7 +31,7 @@ from pipelines.tools.calendar import (
 if TYPE_CHECKING:
     from voice.settings import Settings
 
-__all__ = ["Persona", "calendar_for", "lead_fields", "persona_for", "tool_context"]
+__all__ = ["Persona", "calendar_for", "persona_for", "tool_context"]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,6 @@ class Persona:
     campaign: Campaign | None = None
     lead: Lead | None = None
     agent: Agent | None = field(default=None, repr=False)
-
-
-def lead_fields(lead: Lead) -> dict[str, str]:
-    """The lead's values for `{{placeholders}}`, standard ones included."""
-    fields = {k: "" if v is None else str(v) for k, v in lead.fields.items()}
-    fields["name"] = lead.name
-    fields["first_name"] = lead.name.split(" ", 1)[0] if lead.name else ""
-    return fields
 
 
 INBOUND_NOTE = (
@@ -94,7 +86,7 @@ async def persona_for(
     return Persona(
         prompt,
         agent.greeting,
-        lead_fields(lead) if lead is not None else {},
+        lead.placeholder_values() if lead is not None else {},
         tools=tuple(str(t) for t in agent.tools),
         campaign=campaign,
         lead=lead,

@@ -14,8 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +27,7 @@ from pipelines.record import CallRecord
 from pipelines.tools.agent_tools import AgentTools, CallEffects, ToolContext
 from voice.calls import ExpectedCall
 from voice.errors import TwilioError
+from voice.logs import CallLog
 from voice.persona import Persona, persona_for, tool_context
 from voice.twilio_protocol import (
     CLOSE_NORMAL,
@@ -47,16 +47,6 @@ log = logging.getLogger("voxdial.stream")
 
 RESERVED_PARAMETERS = frozenset({"call_id", "lead_id", "campaign_id", "nonce"})
 CLOSE_GOING_AWAY = 1001
-
-
-class CallLog(logging.LoggerAdapter[logging.Logger]):
-    """A logger that prefixes every line with the call id."""
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        return f"[{extra.get('call_id', '-')}] {msg}", kwargs
 
 
 class MetricsObserver:

@@ -40,7 +40,12 @@ from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
 
-from campaign_store.conversations import ConversationRef, Conversations, lapses_at
+from campaign_store.conversations import (
+    LEASE_GRACE_S,
+    ConversationRef,
+    Conversations,
+    lapses_at,
+)
 from campaign_store.errors import NotFound, StoreError
 from campaign_store.keys import CampaignKeys
 from campaign_store.models import (
@@ -65,6 +70,7 @@ from pipelines.llm import ChatClient
 from pipelines.record import Turn as CallTurn
 from pipelines.tools.agent_tools import AgentTools, CallEffects
 from pipelines.tools.optout import asks_to_stop_messages
+from voice.logs import CallLog
 from voice.metrics import Metrics
 from voice.persona import persona_for, tool_context
 from voice.whatsapp_webhook import IncomingMessage, StatusUpdate
@@ -79,7 +85,6 @@ __all__ = ["WhatsAppService"]
 
 log = logging.getLogger("voxdial.whatsapp")
 
-LEASE_GRACE_S = 600.0
 OPTED_OUT_TEXT = (
     "Understood: you will not get any more messages from us. Sorry for the trouble."
 )
@@ -88,14 +93,6 @@ _STATUS_RANK = {"unknown": -1, "accepted": 0, "sent": 1, "delivered": 2, "read":
 UNCONFIRMED = "unconfirmed:"  # the id of an answer whose send went unanswered
 LATE = "after the conversation closed: not answered"
 _OUTCOMES = {r.value: r for r in Result}
-
-
-class ConversationLog(logging.LoggerAdapter[logging.Logger]):
-    """A logger that prefixes every line with the conversation's attempt id."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[{extra.get('conversation', '-')}] {msg}", kwargs
 
 
 # The conversations.
@@ -180,7 +177,7 @@ class WhatsAppService:
             if stray:
                 await self._stray(item)
             return
-        clog = ConversationLog(log, {"conversation": ref.attempt_id})
+        clog = CallLog(log, {"call_id": ref.attempt_id})
         number = "+" + item.wa_id
         # No lock: the record's update is atomic on its own, and waiting here
         # for an answer in progress would keep Meta's webhook waiting.
@@ -229,18 +226,18 @@ class WhatsAppService:
             await self.store.dnc_add(campaign.tenant, [number])
             clog.info("%s opted out: on the do-not-call list", mask(number))
         if record.ended_at is not None:
-            return  # closed while this waited: kept, not answered
+            return  # closed meanwhile: kept, not answered
         lapses = record.service_window_until or window_until
         await self.conversations.set_deadline(ref, lapses)
         if attempt is not None:
             claim = Claim(ref.campaign_id, attempt.lead_id, attempt.token)
-            await self.claims_renew(claim, lapses + LEASE_GRACE_S)
+            await self._renew_lease(claim, lapses + LEASE_GRACE_S)
             lead = await self.store.lead_by_id(ref.campaign_id, attempt.lead_id)
             if lead.status is LeadStatus.MESSAGED:
                 await self.attempts.mark_status(claim, lead, LeadStatus.IN_CONVERSATION)
         self._spawn(self._answer(ref))
 
-    async def claims_renew(self, claim: Claim, until: float) -> None:
+    async def _renew_lease(self, claim: Claim, until: float) -> None:
         if not await self.attempts.claims.renew(claim, int(until * 1000)):
             log.warning("conversation %s: its lease is gone", claim.lead_id)
 
@@ -302,7 +299,7 @@ class WhatsAppService:
     # The agent's answer.
 
     async def _answer(self, ref: ConversationRef) -> None:
-        clog = ConversationLog(log, {"conversation": ref.attempt_id})
+        clog = CallLog(log, {"call_id": ref.attempt_id})
         async with self.conversations.locked(ref):
             record = await self.conversations.get(ref)
             if record is None or record.ended_at is not None:
@@ -341,7 +338,7 @@ class WhatsAppService:
         lead: Lead,
         record: CallRecordModel,
         effects: CallEffects,
-        clog: ConversationLog,
+        clog: CallLog,
     ) -> str:
         persona = await persona_for(self.store, campaign.id, lead.id)
         if persona is None:
@@ -385,7 +382,7 @@ class WhatsAppService:
         campaign: Campaign,
         lead: Lead,
         text: str,
-        clog: ConversationLog,
+        clog: CallLog,
         *,
         answering: int,
     ) -> bool:
@@ -555,10 +552,10 @@ class WhatsAppService:
         reason: str,
         *,
         result: Result | None = None,
-        clog: ConversationLog | None = None,
+        clog: CallLog | None = None,
     ) -> None:
         """End the conversation once, extract its fields, settle its attempt."""
-        clog = clog or ConversationLog(log, {"conversation": ref.attempt_id})
+        clog = clog or CallLog(log, {"call_id": ref.attempt_id})
         # None: a conversation the lead opened; nothing for the dialer to settle.
         attempt = await self.attempts.get(ref.campaign_id, ref.attempt_id)
         if attempt is None and result is Result.NO_ANSWER:

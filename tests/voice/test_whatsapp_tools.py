@@ -54,6 +54,18 @@ def crm() -> Iterator[McpTestServer]:
     server.stop()
 
 
+def _standin(contact: Contact, service_window_s: float = 86_400.0) -> WhatsAppStandin:
+    """The Cloud API with the "hello" template, and the one lead on it."""
+    return WhatsAppStandin(
+        access_token=TOKEN,
+        app_secret=SECRET,
+        phone_number_id=NUMBER_ID,
+        templates={("hello", "en_US"): 1},
+        contacts={LEAD: contact},
+        service_window_s=service_window_s,
+    )
+
+
 def _settings(
     settings: Settings, standin: WhatsAppStandin, window_s: float
 ) -> Settings:
@@ -135,13 +147,7 @@ async def test_an_mcp_tool_answers_in_writing(
         headers={"Authorization": CRM_AUTH, "X-CRM-Id": "{{crm_id}}"},
     )
     contact = Contact(name="Dana", replies=("Which plan am I on?",))
-    async with WhatsAppStandin(
-        access_token=TOKEN,
-        app_secret=SECRET,
-        phone_number_id=NUMBER_ID,
-        templates={("hello", "en_US"): 1},
-        contacts={LEAD: contact},
-    ) as standin:
+    async with _standin(contact) as standin:
         settings = _settings(settings, standin, 60.0)
         async with run_harness(instant_models, settings, script, store=store) as h:
             standin.webhook_url = f"{h.url}/whatsapp/webhook"
@@ -165,14 +171,7 @@ async def test_an_answer_past_the_service_window_is_not_sent(
     """The model took longer than the window had left: no free text goes out."""
     script = {"default_reply": "Too late, sadly.", "first_token_delay_s": 1.5}
     contact = Contact(name="Dana", replies=("Hello?",))
-    async with WhatsAppStandin(
-        access_token=TOKEN,
-        app_secret=SECRET,
-        phone_number_id=NUMBER_ID,
-        templates={("hello", "en_US"): 1},
-        contacts={LEAD: contact},
-        service_window_s=1.0,
-    ) as standin:
+    async with _standin(contact, service_window_s=1.0) as standin:
         settings = _settings(settings, standin, 1.0)
         async with run_harness(instant_models, settings, script, store=store) as h:
             standin.webhook_url = f"{h.url}/whatsapp/webhook"
@@ -195,13 +194,7 @@ async def test_messages_during_an_answer_are_taken_at_once_and_answered(
 ) -> None:
     """Meta's webhook never waits for the model; each message gets its answer."""
     script = {"default_reply": "Noted.", "first_token_delay_s": 0.8}
-    async with WhatsAppStandin(
-        access_token=TOKEN,
-        app_secret=SECRET,
-        phone_number_id=NUMBER_ID,
-        templates={("hello", "en_US"): 1},
-        contacts={LEAD: Contact(name="Dana")},
-    ) as standin:
+    async with _standin(Contact(name="Dana")) as standin:
         settings = _settings(settings, standin, 60.0)
         async with run_harness(instant_models, settings, script, store=store) as h:
             standin.webhook_url = f"{h.url}/whatsapp/webhook"

@@ -9,6 +9,7 @@ dialer opens it with the template, sent through the WhatsApp stand-in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -189,7 +190,7 @@ def hook_url(server: Harness) -> str:
 
 
 async def one_lead_campaign(
-    store: Store, *, reply_wait_minutes: float = 1.0
+    store: Store, *, reply_wait_minutes: float = 1.0, launch: bool = False
 ) -> tuple[Campaign, Lead]:
     agent = await store.create_agent(
         T,
@@ -224,7 +225,16 @@ async def one_lead_campaign(
         id=new_id("lead"), campaign_id=campaign.id, phone=LEAD, name="Ada", timezone=NY
     )
     await store.add_leads(campaign, [lead])
+    if launch:
+        await store.transition(T, campaign.id, "launch")
     return campaign, lead
+
+
+def sending(
+    store: Store, settings: Settings, standin: WhatsAppStandin, server: Harness
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """The dialer, sending templates through the stand-in."""
+    return dialing(store, settings, standin.base_url, server.url, 5.0, whatsapp=True)
 
 
 async def conversation(store: Store, lead: Lead) -> tuple[Lead, CallRecordModel]:
@@ -366,11 +376,8 @@ async def test_a_redelivered_message_is_stored_and_answered_once(
     assert server.services.whatsapp is not None
     url = hook_url(server)
     standin.webhook_url = url
-    campaign, lead = await one_lead_campaign(store)
-    await store.transition(T, campaign.id, "launch")
-    async with dialing(
-        store, wa_settings, standin.base_url, server.url, 5.0, whatsapp=True
-    ):
+    _campaign, lead = await one_lead_campaign(store, launch=True)
+    async with sending(store, wa_settings, standin, server):
         await until_messaged(store, lead)
         await standin.wait_idle()
         # Ada writes; the stand-in keeps it (her window opens) but this test
@@ -407,11 +414,9 @@ async def test_statuses_out_of_order_never_go_backwards(
 ) -> None:
     """A "read" then a late "delivered" or "sent" leaves the message read."""
     url = hook_url(server)
-    campaign, lead = await one_lead_campaign(store)  # the stand-in posts nothing
-    await store.transition(T, campaign.id, "launch")
-    async with dialing(
-        store, wa_settings, standin.base_url, server.url, 5.0, whatsapp=True
-    ):
+    # The stand-in posts nothing here: the test does.
+    _, lead = await one_lead_campaign(store, launch=True)
+    async with sending(store, wa_settings, standin, server):
         await until_messaged(store, lead)
         [template] = standin.sent
         t0 = time.time()
@@ -442,16 +447,15 @@ async def test_stop_after_the_conversation_closed_still_opts_out(
     assert server.services.whatsapp is not None
     url = hook_url(server)
     standin.webhook_url = url
-    campaign, lead = await one_lead_campaign(store, reply_wait_minutes=0.01)
-    await store.transition(T, campaign.id, "launch")
+    campaign, lead = await one_lead_campaign(
+        store, reply_wait_minutes=0.01, launch=True
+    )
 
     async def lapsed() -> bool:
         current = await store.lead_by_id(campaign.id, lead.id)
         return current.status is LeadStatus.NO_ANSWER
 
-    async with dialing(
-        store, wa_settings, standin.base_url, server.url, 5.0, whatsapp=True
-    ):
+    async with sending(store, wa_settings, standin, server):
         await until_true(lapsed, 10, "the conversation lapsed")
         _, closed = await conversation(store, lead)
         assert closed.ended_at is not None and closed.end_reason == "lapsed"
@@ -498,16 +502,15 @@ async def test_a_late_reply_is_answered_and_decides_for_its_lead(
     ) as server:
         assert server.services.whatsapp is not None
         standin.webhook_url = hook_url(server)
-        campaign, lead = await one_lead_campaign(store, reply_wait_minutes=0.01)
-        await store.transition(T, campaign.id, "launch")
+        campaign, lead = await one_lead_campaign(
+            store, reply_wait_minutes=0.01, launch=True
+        )
 
         async def lapsed() -> bool:
             current = await store.lead_by_id(campaign.id, lead.id)
             return current.status is LeadStatus.NO_ANSWER
 
-        async with dialing(
-            store, wa_settings, standin.base_url, server.url, 5.0, whatsapp=True
-        ):
+        async with sending(store, wa_settings, standin, server):
             await until_true(lapsed, 10, "the conversation lapsed")
             await standin.wait_idle()
             await standin.send_from_contact(LEAD, "Sorry, I'm not interested.")
@@ -734,11 +737,8 @@ async def test_stop_while_the_agent_closes_still_opts_out(
         assert server.services.whatsapp is not None
         url = hook_url(server)
         standin.webhook_url = url
-        campaign, lead = await one_lead_campaign(store)
-        await store.transition(T, campaign.id, "launch")
-        async with dialing(
-            store, wa_settings, standin.base_url, server.url, 5.0, whatsapp=True
-        ):
+        _campaign, lead = await one_lead_campaign(store, launch=True)
+        async with sending(store, wa_settings, standin, server):
             await until_messaged(store, lead)
             await standin.wait_idle()
             standin.webhook_url = ""
@@ -763,11 +763,8 @@ async def test_the_lead_links_its_open_conversation(
     server: Harness, store: Store, standin: WhatsAppStandin, wa_settings: Settings
 ) -> None:
     """While its conversation is open, the lead's `calls` names it."""
-    campaign, lead = await one_lead_campaign(store)
-    await store.transition(T, campaign.id, "launch")
-    async with dialing(
-        store, wa_settings, standin.base_url, server.url, 5.0, whatsapp=True
-    ):
+    _campaign, lead = await one_lead_campaign(store, launch=True)
+    async with sending(store, wa_settings, standin, server):
         await until_messaged(store, lead)
         current, record = await conversation(store, lead)
     assert current.calls == [record.id]
